@@ -1,0 +1,44 @@
+# Every repeated command of the project. `make help` lists them.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help dev down test unit e2e lint fmt typecheck crd bins setup
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml hack/setup.sh hack/build-llama-wheel.sh
+	bash hack/setup.sh
+
+setup: $(VENV)/.installed ## create .venv with the project installed editable (+dev extras)
+
+bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm... into bin/
+	bash hack/build-bins.sh
+
+dev: setup bins ## local control plane + KWOK pools, CRD, operator, examples; prints `kubectl get slmd -A`
+	bash hack/dev.sh
+
+down: ## stop the local control plane started by `make dev`
+	bash hack/local-cluster down
+
+test: setup bins ## all tests: unit, runtime and end-to-end (starts its own local control plane)
+	$(VENV)/bin/pytest tests
+
+unit: setup ## tests that need no cluster
+	$(VENV)/bin/pytest tests -m 'not e2e'
+
+e2e: setup bins ## end-to-end tests on the local control plane
+	$(VENV)/bin/pytest tests -m e2e
+
+lint: setup ## ruff + mypy --strict
+	$(VENV)/bin/ruff check operator runtime-image tests benchmarks
+	$(VENV)/bin/ruff format --check operator runtime-image tests benchmarks
+	$(VENV)/bin/mypy
+
+fmt: setup ## format the code
+	$(VENV)/bin/ruff format operator runtime-image tests benchmarks
+	$(VENV)/bin/ruff check --fix operator runtime-image tests benchmarks
+
+crd: setup ## regenerate crds/ from the pydantic API model
+	$(VENV)/bin/slm-operator crd > crds/slm.dev_slmdeployments.yaml

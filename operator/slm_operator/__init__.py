@@ -1,0 +1,1 @@
+"""slm-operator: reconciles SLMDeployments into model services."""
