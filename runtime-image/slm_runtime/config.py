@@ -1,0 +1,104 @@
+"""The runtime's configuration file: the one contract between the operator and its pods.
+
+The operator renders a `RuntimeConfig` into a ConfigMap (`config.yaml`) from the SLMDeployment's
+spec; `slm-runtime serve --config FILE` reads it back. Both sides use this module, so a field
+that one writes and the other ignores cannot exist. It depends on pydantic only, so the operator
+can import it without pulling in llama-cpp-python or onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelFormat = Literal["gguf", "onnx", "auto"]
+HardwareClass = Literal["cpu", "gpu", "npu"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSection(_Strict):
+    """Which model file to serve and under what name clients address it."""
+
+    name: str = Field("default", description="Name served in /v1/models and /api/tags.")
+    path: str | None = Field(None, description="GGUF file or ONNX folder; `--model` overrides it.")
+    format: ModelFormat = Field("auto", description="Backend to load it with; auto sniffs the path.")
+    quantization: str | None = Field(None, description="Reported in metrics and /api/show only.")
+
+
+class RuntimeSection(_Strict):
+    """Engine settings, in llama.cpp's vocabulary."""
+
+    context_length: int = Field(4096, alias="contextLength", ge=64, description="Tokens per slot.")
+    parallel: int = Field(1, ge=1, le=256, description="Concurrent sequences (slots) per pod.")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPU limit.")
+    gpu_layers: int = Field(0, alias="gpuLayers", ge=-1, description="Layers offloaded; -1 = all.")
+    batch_size: int = Field(512, alias="batchSize", ge=1, description="Prompt tokens per decode.")
+
+
+class SamplingDefaults(_Strict):
+    """Default sampling parameters (Ollama Modelfile PARAMETERs); a request's own values win."""
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, alias="topP", ge=0, le=1)
+    top_k: int | None = Field(None, alias="topK", ge=0)
+    num_predict: int | None = Field(None, alias="numPredict", ge=-1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    repeat_penalty: float | None = Field(None, alias="repeatPenalty", ge=0)
+
+
+class PromptSection(_Strict):
+    """What a Modelfile's SYSTEM/TEMPLATE/PARAMETER lines say."""
+
+    system: str | None = Field(None, description="System prompt prepended when a chat has none.")
+    template: str | None = Field(None, description="Jinja2 chat template overriding the model's.")
+    parameters: SamplingDefaults = Field(default_factory=SamplingDefaults)
+
+
+class LimitsSection(_Strict):
+    """Admission control: beyond these a request gets 429 (OpenAI) / 503 (Ollama)."""
+
+    max_concurrent: int | None = Field(None, alias="maxConcurrent", ge=1, description="Default: parallel.")
+    queue_length: int = Field(64, alias="queueLength", ge=0)
+    drain_seconds: float = Field(30.0, alias="drainSeconds", ge=0)
+
+
+class AuthSection(_Strict):
+    """API keys; none configured means the endpoint is open (NetworkPolicy still applies)."""
+
+    api_key_file: str | None = Field(None, alias="apiKeyFile", description="One key per line.")
+    api_key_env: str = Field("SLM_API_KEYS", alias="apiKeyEnv", description="Comma-separated keys.")
+    protect_metrics: bool = Field(False, alias="protectMetrics")
+
+
+class ServerSection(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class RuntimeConfig(_Strict):
+    """Everything `slm-runtime serve` needs; each section has usable defaults."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    hardware: HardwareClass = "cpu"
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    server: ServerSection = Field(default_factory=ServerSection)
+
+    def to_yaml(self) -> str:
+        """Serialise with the camelCase aliases, omitting unset optional values."""
+        data = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        return yaml.safe_dump(data, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RuntimeConfig:
+        text = Path(path).read_text(encoding="utf-8")
+        return cls.model_validate(yaml.safe_load(text) or {})
