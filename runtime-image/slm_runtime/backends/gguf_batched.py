@@ -1,0 +1,850 @@
+"""Continuous batching for GGUF models on llama.cpp's low-level API.
+
+Why: decoding one token of a small model on a CPU is bound by reading the weights (~0.5 GB per
+step for a 0.5B Q8_0 model), so serving one sequence at a time leaves the arithmetic units idle.
+Feeding the next token of *every* running sequence, plus chunks of new prompts, through one
+`llama_decode` reads the weights once for all of them: aggregate tokens/s grows almost linearly
+with the number of sequences until the CPU becomes compute-bound.
+
+Design:
+
+* One llama context with `n_seq_max = parallel`; every slot is a llama.cpp sequence id with its own
+  `context_length` of KV cache (`n_ctx = context_length * parallel`).
+* One scheduler thread (`slm-batch-decode`) owns the context and is the only thread that ever calls
+  into llama.cpp after loading (decoding from a second OS thread costs ~1.7x, FACTS). Each loop:
+  run queued control jobs (embeddings, token counts), drop cancelled sequences, admit waiting
+  requests into free slots, build ONE batch from the next token of every running sequence and
+  prompt chunks of admitted ones (bounded by `batch_size`), decode once, sample every sequence
+  that produced logits, and hand all resulting events to the event loop with one
+  `call_soon_threadsafe`.
+* Logits are requested only for the tokens that are sampled (each running sequence's token and the
+  last token of a completed prompt), so llama.cpp computes the output head for a handful of rows.
+* Each request gets its own sampler chain (logit bias, repetition penalty, grammar, top-k, top-p,
+  temperature, seeded dist — or greedy), so sequences never share RNG or penalty state.
+* Slot lifecycle: free → prefill (prompt chunks) → decode (one token per step) → finished or
+  cancelled → free. A finished slot keeps its KV cells and the token list that produced them; the
+  next request that shares a prefix with them (same system prompt, next turn of a chat) skips
+  that part of the prefill (`llama_memory_seq_rm` trims the rest). A prefix held by another slot
+  is copied with `llama_memory_seq_cp`. Cancelled and failed sequences drop their cells at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from slm_runtime.backends.base import (
+    Capabilities,
+    EmbeddingResult,
+    FinishEvent,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    ResponseFormat,
+    SamplingParams,
+    TokenEvent,
+)
+from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
+from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FinishObserver = Callable[[GenerationRequest, FinishEvent], None]
+
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_MIN_SHARED_PREFIX = 16
+"""Shorter common prefixes are re-computed: copying cells costs more than a few prompt tokens."""
+
+
+@dataclass(frozen=True)
+class BatchedSettings:
+    """How the context is shaped; all from `RuntimeConfig.runtime`."""
+
+    parallel: int = 4
+    context_length: int = 4096
+    batch_size: int = 512
+    threads: int | None = None
+    kv_unified: bool = False
+    """One KV buffer for all slots. Off: each slot attends over its own cells only (faster when
+    prompts do not share a long prefix, and what llama-server does by default)."""
+    flash_attn: bool | None = None
+    """None: llama.cpp decides (on for CPU), like the serial backend, so outputs match."""
+
+
+class _BatchBuffer:
+    """A `llama_batch` whose arrays are numpy buffers we own, so filling it is a slice copy.
+
+    `llama_batch_init` allocates one `seq_id` array per token; we point every token at one
+    element of a flat int32 array instead, so all fields can be written with numpy.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        import llama_cpp
+
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        base = self.seq_id.ctypes.data
+        self._seq_ptrs = (_I32P * capacity)(*(ctypes.cast(base + 4 * i, _I32P) for i in range(capacity)))
+        self.struct: Any = cast(Any, llama_cpp.llama_batch())
+        self.struct.token = self.token.ctypes.data_as(_I32P)
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(_I32P)
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(_I32P)
+        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(_I32P))
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, tokens: npt.NDArray[np.int32], start_pos: int, seq: int, want_last: bool) -> int:
+        """Append `tokens` of sequence `seq` at positions start_pos...; return the last one's index."""
+        n, k = self.n, len(tokens)
+        self.token[n : n + k] = tokens
+        self.pos[n : n + k] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.seq_id[n : n + k] = seq
+        self.logits[n : n + k] = 0
+        if want_last:
+            self.logits[n + k - 1] = 1
+        self.n = n + k
+        return n + k - 1
+
+    def add_one(self, token: int, pos: int, seq: int) -> int:
+        """Append one token whose logits are wanted (a running sequence's next step)."""
+        n = self.n
+        self.token[n] = token
+        self.pos[n] = pos
+        self.seq_id[n] = seq
+        self.logits[n] = 1
+        self.n = n + 1
+        return n
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request's state while it is queued or holds a slot; touched by the scheduler only."""
+
+    request: GenerationRequest
+    prompt: list[int]
+    deliver: Callable[[GenerationEvent | BaseException], None]
+    loop: asyncio.AbstractEventLoop
+    slot: _Slot | None = None
+    sampler: Any = None
+    prefilled: int = 0
+    """Prompt tokens already in the KV cache (reused or decoded)."""
+    pending: int = -1
+    """Sampled token not yet decoded (-1: none)."""
+    generated: int = 0
+    text: Utf8Stream = field(default_factory=Utf8Stream)
+    stops: StopMatcher | None = None
+    t_queued: int = 0
+    t_admitted: int = 0
+    t_first: int = 0
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A llama.cpp sequence id and the tokens its KV cells hold, in position order."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    seq: _Sequence | None = None
+    last_used: int = 0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class BatchedGGUFEngine:
+    """The `Engine` protocol for GGUF models, with continuous batching; see the module docstring."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        settings: BatchedSettings,
+        info_loader: Callable[[Any, Any], ModelInfo] | None = None,
+        name: str = "default",
+        quantization: str | None = None,
+    ) -> None:
+        self._path = model_path
+        self._settings = settings
+        self._info_loader = info_loader
+        self._name = name
+        self._quantization = quantization
+        self._info: ModelInfo | None = None
+        self._load_seconds: float | None = None
+        self._observers: list[FinishObserver] = []
+        self._inbox: queue.SimpleQueue[_Sequence | Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="slm-batch-decode", daemon=True)
+        self._waiting: deque[_Sequence] = deque()
+        self._slots: list[_Slot] = []
+        self._closed = False
+        # native handles, set by _load on the scheduler thread
+        self._model: Any = None
+        self._ctx: Any = None
+        self._vocab: Any = None
+        self._mem: Any = None
+        self._n_vocab = 0
+        self._batch: _BatchBuffer | None = None
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._eog: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+        self._add_bos = True
+        self.kv_bytes_per_slot = 0
+        self.reused_prompt_tokens = 0
+        """Prompt tokens served from cached KV cells instead of being decoded (a counter)."""
+        self.capabilities = Capabilities(embeddings=False, grammar=True, logit_bias=True)
+
+    # ---- Engine protocol -------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._info
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._load_seconds
+
+    @property
+    def decode_thread(self) -> threading.Thread:
+        """Exposed for tests that assert every llama.cpp call ran on it."""
+        return self._thread
+
+    @property
+    def parallel(self) -> int:
+        return self._settings.parallel
+
+    def add_observer(self, observer: FinishObserver) -> None:
+        self._observers.append(observer)
+
+    def slot_usage(self) -> tuple[int, int]:
+        """(sequences holding a slot, sequences waiting for one); a racy snapshot for gauges."""
+        return sum(s.seq is not None for s in self._slots), len(self._waiting)
+
+    async def start(self) -> None:
+        """Start the scheduler thread and load the model on it; raises if loading fails."""
+        if not self._thread.is_alive():
+            self._thread.start()
+        started = time.perf_counter()
+        self._info = await self._call(self._load)
+        self._load_seconds = time.perf_counter() - started
+        log.info(
+            "model %s loaded in %.2fs: %d slots x %d tokens, KV cache %d bytes per slot",
+            self._info.name,
+            self._load_seconds,
+            self._settings.parallel,
+            self._settings.context_length,
+            self.kv_bytes_per_slot,
+        )
+
+    async def close(self) -> None:
+        """Abort running sequences, free native memory and stop the scheduler thread."""
+        if self._thread.is_alive() and not self._closed:
+            await self._call(self._free)
+            self._inbox.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    async def count_tokens(self, text: str) -> int:
+        self._require_loaded()
+        return len(self._tokenize(text))
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        raise UnsupportedError("the batched GGUF engine does not serve embeddings")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Queue `request` for a slot; yield its events. Closing the iterator early cancels it."""
+        self._require_loaded()
+        # Tokenising reads the vocabulary only (no OpenMP, no context), so it runs here and a
+        # too-long prompt fails before the response starts.
+        prompt = self._tokenize(request.prompt) or [self._bos_or_zero()]
+        if len(prompt) >= self._settings.context_length:
+            raise BadRequestError(
+                f"prompt is {len(prompt)} tokens; this model serves at most "
+                f"{self._settings.context_length - 1} per request",
+                param="messages",
+            )
+        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        seq = _Sequence(
+            request=request,
+            prompt=prompt,
+            deliver=events.put_nowait,
+            loop=asyncio.get_running_loop(),
+            stops=StopMatcher(request.sampling.stop) if request.sampling.stop else None,
+            t_queued=time.perf_counter_ns(),
+        )
+        self._inbox.put(seq)
+        finished = False
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise _as_slm_error(item)
+                yield item
+                if isinstance(item, FinishEvent):
+                    finished = True
+                    return
+        finally:
+            if not finished:  # consumer gone (disconnect, error): free the slot at the next step
+                request.cancel()
+                self._inbox.put(_WAKE)
+
+    # ---- scheduler thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            busy = bool(self._waiting) or any(s.seq is not None for s in self._slots)
+            try:
+                item = self._inbox.get(block=not busy)
+            except queue.Empty:
+                item = _WAKE
+            while True:
+                if item is None:
+                    return
+                if isinstance(item, _Sequence):
+                    self._waiting.append(item)
+                elif item is not _WAKE:
+                    item()  # a control job; it reports its own result
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+            if self._ctx is None:
+                self._fail_all(NotReadyError("model is not loaded"))
+                continue
+            try:
+                self._reap_cancelled()
+                self._admit()
+                if any(s.seq is not None for s in self._slots):
+                    self._step()
+            except Exception as exc:  # never let one bad step kill the thread
+                log.exception("batched decode step failed")
+                self._fail_all(exc)
+
+    def _call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` on the scheduler thread between two steps; await the result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(_as_slm_error(error))
+            else:
+                future.set_result(result)
+
+        def job() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                _post(loop, settle, None, exc)
+            else:
+                _post(loop, settle, result, None)
+
+        self._inbox.put(job)
+        return future
+
+    def _require_loaded(self) -> None:
+        if self._info is None or self._closed:
+            raise NotReadyError("model is still loading" if not self._closed else "engine is closed")
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def _load(self) -> ModelInfo:
+        import llama_cpp
+
+        s = self._settings
+        if not os.path.exists(self._path):
+            raise EngineError(f"model file not found: {self._path}")
+        # llama-cpp-python prints every llama.cpp log line unless its logger is raised.
+        logging.getLogger("llama-cpp-python").setLevel(
+            logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+        )
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        # AMX/repack crash guard (FACTS): no extra buffer types for weight repacking.
+        mparams.use_extra_bufts = False
+        model = llama_cpp.llama_model_load_from_file(self._path.encode(), mparams)
+        if not model:
+            raise EngineError(f"llama.cpp could not load {self._path}")
+        self._model = model
+        threads = s.threads or max(1, len(os.sched_getaffinity(0)))
+        n_batch = max(s.batch_size, s.parallel)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = s.context_length * s.parallel
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = s.parallel
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = s.kv_unified
+        cparams.no_perf = True
+        if s.flash_attn is not None:
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if s.flash_attn
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._eog = np.array(
+            [llama_cpp.llama_vocab_is_eog(self._vocab, t) for t in range(self._n_vocab)], dtype=np.bool_
+        )
+        self._batch = _BatchBuffer(n_batch)
+        self._slots = [_Slot(seq_id=i) for i in range(s.parallel)]
+        self.kv_bytes_per_slot = kv_cache_bytes_per_slot(model, s.context_length)
+        if self._info_loader is not None:
+            return self._info_loader(model, self._vocab)
+        return _basic_info(model, self._path, self._name, self._quantization, s.context_length)
+
+    def _free(self) -> None:
+        import llama_cpp
+
+        self._closed = True
+        self._fail_all(NotReadyError("the server is shutting down"), reason="abort")
+        if self._batch is not None:
+            self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def _tokenize(self, text: str) -> list[int]:
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, self._add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, self._add_bos, True)
+        return list(buf[:n])
+
+    def _bos_or_zero(self) -> int:
+        import llama_cpp
+
+        bos = int(llama_cpp.llama_vocab_bos(self._vocab))
+        return bos if bos >= 0 else 0
+
+    # ---- slots ---------------------------------------------------------------------------------
+
+    def _reap_cancelled(self) -> None:
+        posts: list[tuple[_Sequence, GenerationEvent]] = []
+        if self._waiting and any(q.request.cancelled.is_set() for q in self._waiting):
+            kept: deque[_Sequence] = deque()
+            for q in self._waiting:
+                if q.request.cancelled.is_set():
+                    self._finish(q, "abort", posts)
+                else:
+                    kept.append(q)
+            self._waiting = kept
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.request.cancelled.is_set():
+                self._finish(slot.seq, "abort", posts)
+        self._post_all(posts)
+
+    def _admit(self) -> None:
+        import llama_cpp
+
+        while self._waiting:
+            free = [s for s in self._slots if s.seq is None]
+            if not free:
+                return
+            seq = self._waiting.popleft()
+            slot, reuse = self._pick_slot(seq.prompt, free)
+            # Never reuse the whole prompt: its last token must be decoded to get logits.
+            reuse = min(reuse, len(seq.prompt) - 1)
+            if reuse < len(slot.tokens):
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1)
+                del slot.tokens[reuse:]
+            seq.slot = slot
+            seq.prefilled = reuse
+            self.reused_prompt_tokens += reuse
+            seq.sampler = self._make_sampler(seq.request.sampling, seq.prompt)
+            seq.t_admitted = time.perf_counter_ns()
+            slot.seq = seq
+
+    def _pick_slot(self, prompt: list[int], free: list[_Slot]) -> tuple[_Slot, int]:
+        """Choose the free slot to run `prompt` in and how many of its cached tokens to keep.
+
+        Prefer the free slot whose cells share the longest prefix; else, if any other slot (busy
+        or not) holds a long shared prefix, copy it into the least recently used free slot.
+        """
+        import llama_cpp
+
+        best, best_len = free[0], -1
+        for s in free:
+            n = common_prefix_len(s.tokens, prompt)
+            if n > best_len or (n == best_len and s.last_used < best.last_used):
+                best, best_len = s, n
+        donor, donor_len = None, best_len
+        for s in self._slots:
+            if s is best:
+                continue
+            n = common_prefix_len(s.tokens, prompt)
+            if n > donor_len:
+                donor, donor_len = s, n
+        if donor is None or donor_len - best_len < _MIN_SHARED_PREFIX:
+            return best, best_len
+        target = best if best_len > 0 else min(free, key=lambda s: s.last_used)
+        if self._settings.kv_unified:
+            llama_cpp.llama_memory_seq_rm(self._mem, target.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, target.seq_id, 0, donor_len)
+        else:
+            # Across KV streams only a whole-sequence copy is supported; trim after.
+            llama_cpp.llama_memory_seq_rm(self._mem, target.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, target.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self._mem, target.seq_id, donor_len, -1)
+        target.tokens = donor.tokens[:donor_len]
+        log.debug("slot %d reuses %d prompt tokens from slot %d", target.seq_id, donor_len, donor.seq_id)
+        return target, donor_len
+
+    def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
+        import llama_cpp
+
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if p.logit_bias:
+            items = [(int(t), float(b)) for t, b in p.logit_bias.items() if 0 <= int(t) < self._n_vocab]
+            arr: Any = (llama_cpp.llama_logit_bias * len(items))()
+            for i, (tok, bias) in enumerate(items):
+                arr[i].token = tok
+                arr[i].bias = bias
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(items), arr))
+        if p.repeat_penalty and p.repeat_penalty != 1.0:
+            last_n = 64
+            pen = llama_cpp.llama_sampler_init_penalties(self._n_vocab, last_n, p.repeat_penalty, 0.0, 0.0)
+            for tok in prompt[-last_n:]:
+                llama_cpp.llama_sampler_accept(pen, tok)
+            add(chain, pen)
+        grammar = _grammar_for(p.response_format)
+        if grammar is not None:
+            g = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            if not g:
+                llama_cpp.llama_sampler_free(chain)
+                raise BadRequestError("response_format could not be compiled to a grammar")
+            add(chain, g)
+        if p.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
+        if 0 < p.top_p < 1:
+            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        import llama_cpp
+
+        batch = self._batch
+        assert batch is not None
+        batch.clear()
+        outputs: list[tuple[_Sequence, int]] = []
+        # Running sequences first: one token each, so a long prompt never stalls them.
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is not None and seq.pending >= 0:
+                idx = batch.add_one(seq.pending, len(slot.tokens), slot.seq_id)
+                slot.tokens.append(seq.pending)
+                seq.pending = -1
+                outputs.append((seq, idx))
+        budget = batch.capacity - batch.n
+        # Then prompt chunks, oldest admission first.
+        prefilling = sorted(
+            (s.seq for s in self._slots if s.seq is not None and s.seq.prefilled < len(s.seq.prompt)),
+            key=lambda q: q.t_admitted,
+        )
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            owner = seq.slot
+            assert owner is not None
+            start = seq.prefilled
+            take = min(budget, len(seq.prompt) - start)
+            chunk = seq.prompt[start : start + take]
+            done = start + take == len(seq.prompt)
+            idx = batch.add(np.asarray(chunk, dtype=np.int32), start, owner.seq_id, done)
+            owner.tokens.extend(chunk)
+            seq.prefilled += take
+            budget -= take
+            if done:
+                outputs.append((seq, idx))
+        if batch.n == 0:
+            return
+        batch.struct.n_tokens = batch.n
+        rc = llama_cpp.llama_decode(self._ctx, batch.struct)
+        if rc != 0:
+            self._decode_failed(rc, [s.seq for s in self._slots if s.seq is not None])
+            return
+        now = time.perf_counter_ns()
+        posts: list[tuple[_Sequence, GenerationEvent]] = []
+        for seq, idx in outputs:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, idx)
+            if seq.t_first == 0:
+                seq.t_first = now
+            self._on_token(seq, token, posts)
+        self._post_all(posts)
+
+    def _on_token(self, seq: _Sequence, token: int, posts: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        import llama_cpp
+
+        if token < 0 or token >= self._n_vocab or self._eog[token]:
+            self._finish(seq, "stop", posts)
+            return
+        seq.generated += 1
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+        text = seq.text.push(self._piece_buf.raw[:n]) if n > 0 else ""
+        if seq.stops is not None and text:
+            text, hit = seq.stops.push(text)
+            if text:
+                posts.append((seq, TokenEvent(text)))
+            if hit:
+                self._finish(seq, "stop", posts, flush=False)
+                return
+        elif text:
+            posts.append((seq, TokenEvent(text)))
+        slot = seq.slot
+        assert slot is not None
+        out_of_room = len(slot.tokens) + 1 >= self._settings.context_length
+        if seq.generated >= seq.request.sampling.max_tokens or out_of_room:
+            self._finish(seq, "length", posts)
+        else:
+            seq.pending = token
+
+    def _finish(
+        self,
+        seq: _Sequence,
+        reason: FinishReason,
+        posts: list[tuple[_Sequence, GenerationEvent]],
+        *,
+        flush: bool = True,
+    ) -> None:
+        """End `seq`: flush held text, free its slot (dropping cells unless reusable), report."""
+        import llama_cpp
+
+        if flush and reason != "abort":
+            rest = seq.text.flush()
+            if seq.stops is not None:
+                rest, _ = seq.stops.push(rest)
+                rest += seq.stops.flush()
+            if rest:
+                posts.append((seq, TokenEvent(rest)))
+        slot = seq.slot
+        if slot is not None:
+            if reason == "abort" or seq.prefilled < len(seq.prompt):
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.tokens = []
+            slot.seq = None
+            slot.last_used = time.perf_counter_ns()
+            seq.slot = None
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        end = time.perf_counter_ns()
+        first = seq.t_first or end
+        event = FinishEvent(
+            reason=reason,
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=seq.generated,
+            prompt_eval_ns=max(0, first - (seq.t_admitted or end)),
+            eval_ns=max(0, end - first) if seq.t_first else 0,
+        )
+        for observer in self._observers:
+            try:
+                observer(seq.request, event)
+            except Exception:
+                log.exception("finish observer failed")
+        posts.append((seq, event))
+
+    def _decode_failed(self, rc: int, running: list[_Sequence]) -> None:
+        log.error("llama_decode returned %d with %d sequences; failing them", rc, len(running))
+        for seq in running:
+            self._fail(seq, EngineError(f"llama_decode failed ({rc})"))
+
+    def _fail(self, seq: _Sequence, error: BaseException) -> None:
+        import llama_cpp
+
+        slot = seq.slot
+        if slot is not None:
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            slot.tokens = []
+            slot.seq = None
+            seq.slot = None
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        _post(seq.loop, seq.deliver, error)
+
+    def _fail_all(self, error: BaseException, reason: FinishReason | None = None) -> None:
+        posts: list[tuple[_Sequence, GenerationEvent]] = []
+        for slot in self._slots:
+            if slot.seq is not None:
+                if reason is None:
+                    self._fail(slot.seq, error)
+                else:
+                    self._finish(slot.seq, reason, posts)
+        while self._waiting:
+            q = self._waiting.popleft()
+            if reason is None:
+                self._fail(q, error)
+            else:
+                self._finish(q, reason, posts)
+        self._post_all(posts)
+
+    @staticmethod
+    def _post_all(posts: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        """Hand a step's events to their event loops: one wake-up per loop, not per token."""
+        if not posts:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, GenerationEvent]]] = {}
+        for seq, event in posts:
+            by_loop.setdefault(seq.loop, []).append((seq, event))
+        for loop, items in by_loop.items():
+            _post(loop, _deliver_many, items)
+
+
+_WAKE: Callable[[], None] = lambda: None  # noqa: E731 - a sentinel that only wakes the loop
+
+
+def _deliver_many(items: list[tuple[_Sequence, GenerationEvent]]) -> None:
+    for seq, event in items:
+        seq.deliver(event)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _as_slm_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, SlmError | KeyboardInterrupt | SystemExit):
+        return exc
+    log.error("engine failure: %s", exc, exc_info=exc)
+    return EngineError(f"inference failed: {exc}")
+
+
+def _grammar_for(fmt: ResponseFormat) -> str | None:
+    """GBNF for a response_format, via llama-cpp-python's JSON-schema converter."""
+    if fmt.kind == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if fmt.kind == "json_object" or fmt.schema is None:
+        return str(JSON_GBNF)
+    try:
+        return str(json_schema_to_gbnf(json.dumps(dict(fmt.schema))))
+    except Exception as exc:
+        raise BadRequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens `a` and `b` share (for KV-cache prefix reuse)."""
+    n = min(len(a), len(b))
+    i, step = 0, 64
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def kv_cache_bytes_per_slot(model: Any, context_length: int) -> int:
+    """K and V cache bytes one slot needs: n_layer x n_ctx x (n_embd_k_gqa + n_embd_v_gqa) x 2 (f16)."""
+    import llama_cpp
+
+    n_layer = llama_cpp.llama_model_n_layer(model)
+    n_head = max(1, llama_cpp.llama_model_n_head(model))
+    n_head_kv = llama_cpp.llama_model_n_head_kv(model)
+    n_embd = llama_cpp.llama_model_n_embd(model)
+    head_k = _meta_int(model, "attention.key_length") or n_embd // n_head
+    head_v = _meta_int(model, "attention.value_length") or n_embd // n_head
+    f16 = 2
+    return int(n_layer * context_length * n_head_kv * (head_k + head_v) * f16)
+
+
+def _meta_int(model: Any, suffix: str) -> int | None:
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(128)
+    n = llama_cpp.llama_model_meta_val_str(model, b"general.architecture", buf, 128)
+    if n <= 0:
+        return None
+    key = f"{buf.value.decode()}.{suffix}".encode()
+    n = llama_cpp.llama_model_meta_val_str(model, key, buf, 128)
+    if n <= 0:
+        return None
+    try:
+        return int(buf.value.decode())
+    except ValueError:
+        return None
+
+
+def _basic_info(model: Any, path: str, name: str, quantization: str | None, ctx: int) -> ModelInfo:
+    """ModelInfo from the GGUF's own metadata (used when no richer loader is given)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(model)
+
+    def meta(key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, 512)
+        return buf.value.decode("utf-8", "replace") if n > 0 else None
+
+    def piece(tok: int) -> str:
+        if tok < 0:
+            return ""
+        text = llama_cpp.llama_vocab_get_text(vocab, tok)
+        return text.decode("utf-8", "replace") if text else ""
+
+    template = llama_cpp.llama_model_chat_template(model, None)
+    return ModelInfo(
+        name=name,
+        format="gguf",
+        path=path,
+        quantization=quantization or "unknown",
+        family=meta("general.architecture") or "unknown",
+        context_length=ctx,
+        parameters=int(llama_cpp.llama_model_n_params(model)),
+        size_bytes=os.path.getsize(path),
+        chat_template=template.decode("utf-8", "replace") if template else None,
+        bos_token=piece(int(llama_cpp.llama_vocab_bos(vocab))),
+        eos_token=piece(int(llama_cpp.llama_vocab_eos(vocab))),
+    )
