@@ -19,7 +19,8 @@ bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm... into bin/
 dev: setup bins ## local control plane + KWOK pools, CRD, operator, examples; prints `kubectl get slmd -A`
 	bash hack/dev.sh
 
-down: ## stop the local control plane started by `make dev`
+down: ## stop the operator and the local control plane started by `make dev`
+	-@pid=$$(cat .local-cluster/operator.pid 2>/dev/null) && kill $$pid 2>/dev/null; rm -f .local-cluster/operator.pid
 	bash hack/local-cluster down
 
 test: setup bins ## all tests: unit, runtime and end-to-end (starts its own local control plane)
@@ -40,5 +41,7 @@ fmt: setup ## format the code
 	$(VENV)/bin/ruff format operator runtime-image tests benchmarks
 	$(VENV)/bin/ruff check --fix operator runtime-image tests benchmarks
 
-crd: setup ## regenerate crds/ from the pydantic API model
+crd: setup ## regenerate the CRD (crds/ and the chart's copy) from the pydantic API model
 	$(VENV)/bin/slm-operator crd > crds/slm.dev_slmdeployments.yaml
+	mkdir -p charts/slm-operator/crds
+	cp crds/slm.dev_slmdeployments.yaml charts/slm-operator/crds/slm.dev_slmdeployments.yaml
