@@ -1,0 +1,165 @@
+{{/*
+Names. Kubernetes names are limited to 63 characters (DNS labels), so every generated name is
+truncated there, and a trailing "-" left by the cut is removed.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "slm-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The full name: fullnameOverride, or "<release>-<chart>" (just "<release>" when the release name
+already contains the chart name).
+*/}}
+{{- define "slm-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A name derived from the full name plus a suffix, still within 63 characters. */}}
+{{- define "slm-operator.suffixed" -}}
+{{- $suffix := index . 1 -}}
+{{- $base := include "slm-operator.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base $suffix -}}
+{{- end -}}
+
+{{/* "chart-version" for the helm.sh/chart label. */}}
+{{- define "slm-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object of the chart. */}}
+{{- define "slm-operator.labels" -}}
+helm.sh/chart: {{ include "slm-operator.chart" . }}
+{{ include "slm-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: slm-operator
+{{- end -}}
+
+{{/* Labels that select the operator pods (immutable once installed). */}}
+{{- define "slm-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "slm-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "slm-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "slm-operator.fullname" .) .Values.serviceAccount.name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "repository:tag" or "repository@digest"; the tag defaults to the chart's appVersion. */}}
+{{- define "slm-operator.imageRef" -}}
+{{- $image := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "slm-operator.image" -}}
+{{- include "slm-operator.imageRef" (list .Values.image .) -}}
+{{- end -}}
+
+{{- define "slm-operator.runtimeImage" -}}
+{{- include "slm-operator.imageRef" (list .Values.runtime.image .) -}}
+{{- end -}}
+
+{{/* Whether kopf peering is on: more than one operator replica. */}}
+{{- define "slm-operator.ha" -}}
+{{- if gt (int .Values.replicaCount) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The kopf peering object's name. */}}
+{{- define "slm-operator.peeringName" -}}
+{{- default (include "slm-operator.fullname" .) .Values.peering.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+RBAC rules, kept here in one place so that they are easy to adjust.
+
+"namespacedRules": what the operator needs where SLMDeployments live. With watchNamespaces empty
+they go into the ClusterRole; otherwise into one Role per watched namespace.
+*/}}
+{{- define "slm-operator.namespacedRules" -}}
+# The custom resource: watch, patch (kopf's finalizers and annotations) and its status.
+- apiGroups: ["slm.dev"]
+  resources: ["slmdeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["slm.dev"]
+  resources: ["slmdeployments/status"]
+  verbs: ["get", "patch", "update"]
+# The children of an SLMDeployment, reconciled by server-side apply.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps", "serviceaccounts", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Runtime pods: readiness for the status.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Only checks that the API key Secret named in the spec exists; never lists or reads others.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# Events about the handlers' progress and errors.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if include "slm-operator.ha" . }}
+# kopf peering between the operator replicas, one KopfPeering per watched namespace.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}
+
+{{/* "clusterRules": what stays cluster-scoped whatever watchNamespaces says. */}}
+{{- define "slm-operator.clusterRules" -}}
+# Nodes: which accelerators (cpu/gpu/npu) the cluster has.
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list", "watch"]
+# kopf: discovering the served resources and the namespaces.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- if and (include "slm-operator.ha" .) (empty .Values.watchNamespaces) }}
+# kopf peering between the operator replicas (cluster-wide operator).
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}
