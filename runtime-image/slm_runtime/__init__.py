@@ -1,1 +1,6 @@
-"""slm-runtime: the inference server the operator's pods run (GGUF via llama-cpp-python, ONNX via onnxruntime-genai)."""
+"""slm-runtime: the inference server the operator's pods run.
+
+GGUF models via llama-cpp-python, ONNX models via onnxruntime-genai.
+"""
+
+__version__ = "0.1.0"

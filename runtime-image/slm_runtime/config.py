@@ -8,8 +8,9 @@ can import it without pulling in llama-cpp-python or onnxruntime-genai.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +21,14 @@ HardwareClass = Literal["cpu", "gpu", "npu"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+_S = TypeVar("_S", bound=_Strict)
+
+
+def _defaults(cls: type[_S]) -> Callable[[], _S]:
+    """A section with all defaults (typed for mypy, which cannot see through field aliases)."""
+    return lambda: cls.model_validate({})
 
 
 class ModelSection(_Strict):
@@ -58,7 +67,7 @@ class PromptSection(_Strict):
 
     system: str | None = Field(None, description="System prompt prepended when a chat has none.")
     template: str | None = Field(None, description="Jinja2 chat template overriding the model's.")
-    parameters: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    parameters: SamplingDefaults = Field(default_factory=_defaults(SamplingDefaults))
 
 
 class LimitsSection(_Strict):
@@ -85,13 +94,13 @@ class ServerSection(_Strict):
 class RuntimeConfig(_Strict):
     """Everything `slm-runtime serve` needs; each section has usable defaults."""
 
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelSection = Field(default_factory=_defaults(ModelSection))
     hardware: HardwareClass = "cpu"
-    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
-    prompt: PromptSection = Field(default_factory=PromptSection)
-    limits: LimitsSection = Field(default_factory=LimitsSection)
-    auth: AuthSection = Field(default_factory=AuthSection)
-    server: ServerSection = Field(default_factory=ServerSection)
+    runtime: RuntimeSection = Field(default_factory=_defaults(RuntimeSection))
+    prompt: PromptSection = Field(default_factory=_defaults(PromptSection))
+    limits: LimitsSection = Field(default_factory=_defaults(LimitsSection))
+    auth: AuthSection = Field(default_factory=_defaults(AuthSection))
+    server: ServerSection = Field(default_factory=_defaults(ServerSection))
 
     def to_yaml(self) -> str:
         """Serialise with the camelCase aliases, omitting unset optional values."""

@@ -1,0 +1,147 @@
+"""The contract between the engine (scheduling, threads) and a model format's backend.
+
+A `Backend` is *blocking* and *single-threaded*: every method runs on the engine's one decode
+thread (`slm_runtime.engine`), never concurrently and never from the event loop. That keeps the
+llama.cpp/OpenMP thread team on one OS thread (calling decode from a second thread costs ~1.7x,
+see FACTS) and means backends need no locks.
+
+The HTTP layer never calls a backend: it builds a `GenerationRequest` and consumes the engine's
+async iterator of `GenerationEvent`s, so a scheduler that batches many sequences into one decode
+can replace the serial one without touching the server.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+"""Why a generation ended; `abort` = cancelled (client gone, shutdown). Same labels as vLLM."""
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Constrained output: plain text, any JSON object, or JSON matching a schema."""
+
+    kind: Literal["text", "json_object", "json_schema"] = "text"
+    schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Fully resolved sampling settings (request values over config defaults over ours)."""
+
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to complete. `cancelled` is checked by the backend once per token."""
+
+    prompt: str
+    sampling: SamplingParams
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Ask the backend to stop after the current token (thread-safe)."""
+        self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of generated text (may hold several tokens' worth, or none split mid-UTF-8)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of every generation, also emitted on abort (for metrics)."""
+
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_ns: int
+    eval_ns: int
+
+
+GenerationEvent = TokenEvent | FinishEvent
+Emit = Callable[[GenerationEvent], None]
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """One vector per input, plus the tokens read (for usage reporting)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; the server turns a missing one into a 400, never a crash."""
+
+    embeddings: bool
+    grammar: bool
+    logit_bias: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the loaded model shown by /api/show, /v1/models and the info metric."""
+
+    name: str
+    format: Literal["gguf", "onnx"]
+    path: str
+    quantization: str
+    family: str
+    context_length: int
+    parameters: int | None
+    size_bytes: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+
+class Backend(ABC):
+    """A loaded model. All methods are blocking and called from the engine's decode thread only."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    def load(self) -> ModelInfo:
+        """Load weights (slow); called once, on the decode thread, before anything else."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, emit: Emit) -> None:
+        """Run one generation to the end, calling `emit` per text piece and once with a FinishEvent.
+
+        Must check `request.cancelled` after every token and finish with reason `abort` if set.
+        """
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` encodes to (as a prompt)."""
+
+    def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """One pooled, L2-normalised vector per text."""
+        from slm_runtime.errors import UnsupportedError
+
+        raise UnsupportedError(f"{type(self).__name__} does not support embeddings")
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free native memory."""

@@ -1,0 +1,240 @@
+"""`slm-runtime`: serve a model, fetch one, or generate a tiny one.
+
+Exit codes: 0 ok; 1 unexpected failure; 2 bad arguments or config; 3 checksum mismatch;
+4 download/fetch failed; 5 the model failed to load (serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from slm_runtime.config import RuntimeConfig
+from slm_runtime.errors import ChecksumError, FetchError, SlmError
+
+log = logging.getLogger("slm_runtime")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CHECKSUM, EXIT_FETCH, EXIT_LOAD = 0, 1, 2, 3, 4, 5
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slm-runtime", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve a model over the Ollama and OpenAI APIs")
+    s.add_argument("--model", help="GGUF file or ONNX folder (overrides model.path)")
+    s.add_argument("--format", choices=["gguf", "onnx", "auto"], help="backend (overrides model.format)")
+    s.add_argument("--host", help="listen address (overrides server.host)")
+    s.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    s.add_argument("--config", type=Path, help="runtime config YAML rendered by the operator")
+    s.add_argument("--name", help="model name clients use (overrides model.name)")
+    s.add_argument("--parallel", type=int, help="concurrent sequences (overrides runtime.parallel)")
+
+    f = sub.add_parser("fetch", help="download (or generate) a model, verified and atomically")
+    f.add_argument(
+        "--uri", required=True, help="https://, http://, hf://org/repo[@rev]/file, file://, tiny://"
+    )
+    f.add_argument("--sha256", help="expected hex digest of the file (or archive)")
+    f.add_argument("--dest", required=True, type=Path, help="destination file (folder with --extract)")
+    f.add_argument("--extract", action="store_true", help="unpack a .tar/.tar.gz archive into dest")
+
+    t = sub.add_parser("tiny-model", help="write a small random-weight model with a real tokenizer")
+    t.add_argument("--format", required=True, choices=["gguf", "onnx"])
+    t.add_argument("--out", required=True, type=Path)
+    t.add_argument("--quantization", default="f32", choices=["f32", "q8_0", "q4_0"], help="GGUF only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--shape", default="tiny", help="tiny (default), small, or qwen2.5-0.5b (real SLM dims)")
+    return p
+
+
+def load_settings(args: argparse.Namespace) -> RuntimeConfig:
+    """The config file (if any) with command-line flags applied on top."""
+    config = RuntimeConfig.from_file(args.config) if args.config else RuntimeConfig()
+    data: dict[str, Any] = config.model_dump(by_alias=True)
+    overrides = {
+        ("model", "path"): args.model,
+        ("model", "format"): args.format,
+        ("model", "name"): args.name,
+        ("server", "host"): args.host,
+        ("server", "port"): args.port,
+        ("runtime", "parallel"): args.parallel,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            data[section][key] = value
+    return RuntimeConfig.model_validate(data)
+
+
+def detect_format(path: Path) -> str:
+    """`onnx` for a folder with genai_config.json, `gguf` for a file starting with GGUF magic."""
+    if path.is_dir():
+        return "onnx"
+    try:
+        with path.open("rb") as f:
+            if f.read(4) == b"GGUF":
+                return "gguf"
+    except OSError:
+        pass
+    raise SlmError(f"cannot tell the model format of {path}; pass --format")
+
+
+def build_engine(settings: RuntimeConfig) -> Any:
+    """Backend + SerialEngine for the configured model (imports the native libraries lazily)."""
+    from slm_runtime.backends.base import Backend
+    from slm_runtime.engine import SerialEngine
+    from slm_runtime.hardware import cpu_limit
+
+    if not settings.model.path:
+        raise SlmError("no model: pass --model or set model.path in the config")
+    path = Path(settings.model.path)
+    fmt = settings.model.format if settings.model.format != "auto" else detect_format(path)
+    rt = settings.runtime
+    backend: Backend
+    if fmt == "gguf":
+        from slm_runtime.backends.gguf import GgufBackend
+
+        backend = GgufBackend(
+            path,
+            name=settings.model.name,
+            context_length=rt.context_length,
+            threads=rt.threads or cpu_limit(),
+            gpu_layers=rt.gpu_layers,
+            batch_size=rt.batch_size,
+            quantization=settings.model.quantization,
+        )
+    else:
+        from slm_runtime.backends.onnx import OnnxBackend
+
+        backend = OnnxBackend(
+            path,
+            name=settings.model.name,
+            context_length=rt.context_length,
+            quantization=settings.model.quantization,
+        )
+    return SerialEngine(backend)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from slm_runtime.server.app import create_app
+
+    settings = load_settings(args)
+    engine = build_engine(settings)
+    app = create_app(settings, engine)
+    service = app.state.service
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    server = DrainingServer(config, drain=lambda: service.limiter.drain(settings.limits.drain_seconds))
+    server.run()
+    return EXIT_LOAD if service.load_error else EXIT_OK
+
+
+def _make_draining_server() -> Any:
+    import uvicorn
+
+    class _DrainingServer(uvicorn.Server):  # type: ignore[misc]
+        """On the first SIGTERM: readiness 503 and new requests refused, in-flight ones finish
+        (up to limits.drainSeconds), then uvicorn shuts down. A second signal exits at once."""
+
+        def __init__(self, config: Any, drain: Any) -> None:
+            super().__init__(config)
+            self._drain = drain
+            self._draining = False
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self._draining or self._loop is None or sig == signal.SIGINT:
+                super().handle_exit(sig, frame)
+                return
+            self._draining = True
+            log.info("received signal %d: draining", sig)
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._finish()))
+
+        async def _finish(self) -> None:
+            drained = await self._drain()
+            log.info("drain %s; shutting down", "complete" if drained else "timed out")
+            self.should_exit = True
+
+    return _DrainingServer
+
+
+def DrainingServer(config: Any, drain: Any) -> Any:  # noqa: N802 -- a class factory
+    return _make_draining_server()(config, drain)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from slm_runtime.fetch import fetch
+
+    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract)
+    log.info(
+        "%s ready at %s%s", args.uri.split("?")[0], result.path, " (cache hit)" if result.cache_hit else ""
+    )
+    return EXIT_OK
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from slm_runtime.tiny.shapes import SHAPES
+
+    if args.shape not in SHAPES:
+        raise SlmError(f"unknown shape {args.shape!r}; known: {', '.join(sorted(SHAPES))}")
+    shape = SHAPES[args.shape]
+    if args.format == "gguf":
+        from slm_runtime.tiny.gguf_model import write_gguf
+
+        write_gguf(args.out, shape, args.quantization, args.seed)
+    else:
+        from slm_runtime.tiny.onnx_model import write_onnx
+
+        write_onnx(args.out, shape, args.seed)
+    log.info("wrote %s model to %s", args.format, args.out)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"serve": _serve, "fetch": _fetch, "tiny-model": _tiny_model}
+    try:
+        return handlers[args.command](args)
+    except ChecksumError as exc:
+        log.error("%s", exc)
+        return EXIT_CHECKSUM
+    except FetchError as exc:
+        log.error("%s", exc)
+        return EXIT_FETCH
+    except (ValidationError, OSError) as exc:
+        log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_USAGE
+    except SlmError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

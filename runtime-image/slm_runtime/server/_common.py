@@ -1,0 +1,47 @@
+"""Helpers both front-ends use to read bodies and stream responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from slm_runtime.backends.base import GenerationEvent
+from slm_runtime.errors import BadRequestError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse and validate a JSON body; any problem is a 400 naming the offending field."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequestError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadRequestError(f"invalid field '{where}': {first['msg']}", param=where or None) from exc
+
+
+async def prepend(
+    first: GenerationEvent, rest: AsyncGenerator[GenerationEvent, None]
+) -> AsyncGenerator[GenerationEvent, None]:
+    """`first` then `rest`; closing this closes `rest` (which cancels the generation)."""
+    async with aclosing(rest):
+        yield first
+        async for event in rest:
+            yield event
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

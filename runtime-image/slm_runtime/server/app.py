@@ -1,0 +1,78 @@
+"""`create_app(settings, engine)`: the ASGI app, with no module-level mutable state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from slm_runtime.config import RuntimeConfig
+from slm_runtime.engine import Engine
+from slm_runtime.errors import SlmError
+from slm_runtime.server import ollama, openai
+from slm_runtime.server.auth import ApiKeyMiddleware, load_keys
+from slm_runtime.server.errors import handle_exception
+from slm_runtime.server.service import Service
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
+    """Build the app; the model loads in the background once the app starts (lifespan).
+
+    `app.state.service` is the per-app `Service` (tests and the CLI's drain logic use it).
+    """
+    service = Service(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.start_loading()
+        yield
+        await service.shutdown()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if service.ready:
+            return JSONResponse({"status": "ready"})
+        if service.limiter.draining:
+            reason = "draining"
+        elif service.load_error:
+            reason = f"model failed to load: {service.load_error}"
+        else:
+            reason = "loading"
+        return JSONResponse({"status": reason}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    keys = load_keys(settings.auth)
+    if keys:
+        log.info("API key authentication on (%d key(s))", len(keys))
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            *ollama.routes(service),
+            *openai.routes(service),
+        ],
+        middleware=[Middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.auth.protect_metrics)],
+        exception_handlers={
+            SlmError: handle_exception,
+            HTTPException: handle_exception,
+            Exception: handle_exception,
+        },
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,265 @@
+"""Ollama's API: /api/generate, /api/chat, /api/embed(dings), /api/tags, /api/show, /api/ps, ...
+
+Streams NDJSON by default (`stream` defaults to true, as in Ollama). Durations are nanoseconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from slm_runtime import __version__
+from slm_runtime.backends.base import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    ResponseFormat,
+)
+from slm_runtime.server._common import dumps, parse_body, prepend
+from slm_runtime.server.schemas import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaOptions,
+    OllamaShowRequest,
+    _OllamaGenerating,
+)
+from slm_runtime.server.service import Service, first_and_rest
+
+log = logging.getLogger(__name__)
+
+_KNOWN_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed", "repeat_penalty"})
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _response_format(fmt: str | dict[str, Any] | None) -> ResponseFormat:
+    if isinstance(fmt, dict):
+        return ResponseFormat("json_schema", fmt)
+    if fmt == "json":
+        return ResponseFormat("json_object")
+    return ResponseFormat()
+
+
+def _request(service: Service, body: _OllamaGenerating, prompt: str) -> GenerationRequest:
+    opts = body.options or OllamaOptions.model_validate({})
+    ignored = sorted(k for k, v in opts.model_dump(exclude_none=True).items() if k not in _KNOWN_OPTIONS)
+    if ignored:
+        log.info("ignoring Ollama options %s (fixed by the pod's configuration)", ignored)
+    stop = [opts.stop] if isinstance(opts.stop, str) else opts.stop
+    return GenerationRequest(
+        prompt=prompt,
+        sampling=service.sampling(
+            max_tokens=None
+            if opts.num_predict is None
+            else (-1 if opts.num_predict < 0 else opts.num_predict),
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            top_k=opts.top_k,
+            repeat_penalty=opts.repeat_penalty,
+            seed=opts.seed,
+            stop=stop,
+            response_format=_response_format(body.format),
+        ),
+    )
+
+
+def _final(model: str, finish: FinishEvent, load_ns: int, total_ns: int) -> dict[str, Any]:
+    return {
+        "done": True,
+        "done_reason": "length" if finish.reason == "length" else "stop",
+        "total_duration": total_ns,
+        "load_duration": load_ns,
+        "prompt_eval_count": finish.prompt_tokens,
+        "prompt_eval_duration": finish.prompt_eval_ns,
+        "eval_count": finish.completion_tokens,
+        "eval_duration": finish.eval_ns,
+    }
+
+
+async def _run(
+    service: Service,
+    request: Request,
+    body: _OllamaGenerating,
+    gen: GenerationRequest,
+    chunk: Callable[[str], dict[str, Any]],
+) -> Response:
+    """Shared by /api/generate and /api/chat; `chunk` wraps a text piece in the endpoint's shape."""
+    started = time.perf_counter_ns()
+    model = body.model
+    if not body.stream:
+        text, finish = await service.complete(gen)
+        total = time.perf_counter_ns() - started
+        return JSONResponse(
+            {"model": model, "created_at": _now(), **chunk(text), **_final(model, finish, 0, total)}
+        )
+    first, rest = await first_and_rest(service.generate(gen))
+
+    async def lines(events: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, FinishEvent):
+                    final = {
+                        "model": model,
+                        "created_at": _now(),
+                        **chunk(""),
+                        **_final(model, event, 0, time.perf_counter_ns() - started),
+                    }
+                    yield dumps(final) + "\n"
+                else:
+                    yield (
+                        dumps({"model": model, "created_at": _now(), **chunk(event.text), "done": False})
+                        + "\n"
+                    )
+
+    return StreamingResponse(lines(prepend(first, rest)), media_type="application/x-ndjson")
+
+
+def _loaded(model: str) -> JSONResponse:
+    return JSONResponse(
+        {"model": model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    )
+
+
+def routes(service: Service) -> list[BaseRoute]:
+    async def generate(request: Request) -> Response:
+        body = await parse_body(request, OllamaGenerateRequest)
+        service.resolve_model(body.model)
+        if body.template:
+            log.info("ignoring per-request Go template; the model's chat template is used")
+        if not body.prompt and not body.system:
+            return _loaded(body.model)
+        if body.raw:
+            prompt = body.prompt
+        else:
+            prompt = service.render_chat([{"role": "user", "content": body.prompt}], system=body.system)
+        return await _run(service, request, body, _request(service, body, prompt), lambda t: {"response": t})
+
+    async def chat(request: Request) -> Response:
+        body = await parse_body(request, OllamaChatRequest)
+        service.resolve_model(body.model)
+        if not body.messages:
+            return _loaded(body.model)
+        prompt = service.render_chat([m.model_dump() for m in body.messages])
+        return await _run(
+            service,
+            request,
+            body,
+            _request(service, body, prompt),
+            lambda t: {"message": {"role": "assistant", "content": t}},
+        )
+
+    async def embed(request: Request) -> Response:
+        started = time.perf_counter_ns()
+        body = await parse_body(request, OllamaEmbedRequest)
+        service.resolve_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        result = await service.embed(texts)
+        return JSONResponse(
+            {
+                "model": body.model,
+                "embeddings": result.vectors,
+                "total_duration": time.perf_counter_ns() - started,
+                "load_duration": 0,
+                "prompt_eval_count": result.prompt_tokens,
+            }
+        )
+
+    async def embeddings(request: Request) -> Response:
+        body = await parse_body(request, OllamaEmbeddingsRequest)
+        service.resolve_model(body.model)
+        result = await service.embed([body.prompt])
+        return JSONResponse({"embedding": result.vectors[0]})
+
+    def _details(info: ModelInfo) -> dict[str, Any]:
+        return {
+            "parent_model": "",
+            "format": info.format,
+            "family": info.family,
+            "families": [info.family],
+            "parameter_size": _param_size(info.parameters),
+            "quantization_level": info.quantization,
+        }
+
+    def _entry(info: ModelInfo) -> dict[str, Any]:
+        return {
+            "name": info.name,
+            "model": info.name,
+            "modified_at": datetime.datetime.fromtimestamp(service.started_at, tz=datetime.UTC).isoformat(),
+            "size": info.size_bytes,
+            "digest": "",
+            "details": _details(info),
+        }
+
+    async def tags(request: Request) -> Response:
+        return JSONResponse({"models": [_entry(service.info)] if service.ready else []})
+
+    async def ps(request: Request) -> Response:
+        if not service.ready:
+            return JSONResponse({"models": []})
+        entry = {**_entry(service.info), "expires_at": "2262-04-11T23:47:16Z", "size_vram": 0}
+        return JSONResponse({"models": [entry]})
+
+    async def show(request: Request) -> Response:
+        body = await parse_body(request, OllamaShowRequest)
+        info = service.resolve_model(body.model or body.name)
+        p = service.settings.prompt
+        params = [f"{k} {v}" for k, v in p.parameters.model_dump(exclude_none=True).items() if k != "stop"]
+        params += [f'stop "{s}"' for s in p.parameters.stop]
+        template = p.template or info.chat_template or ""
+        return JSONResponse(
+            {
+                "modelfile": f"FROM {info.path}\n",
+                "parameters": "\n".join(params),
+                "template": template,
+                "system": p.system or "",
+                "details": _details(info),
+                "model_info": {
+                    "general.architecture": info.family,
+                    "general.parameter_count": info.parameters,
+                    f"{info.family}.context_length": info.context_length,
+                },
+                "capabilities": ["completion"]
+                + (["embedding"] if service.engine.capabilities.embeddings else []),
+                "modified_at": _entry(info)["modified_at"],
+            }
+        )
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"version": __version__})
+
+    async def root(request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    return [
+        Route("/", root, methods=["GET", "HEAD"]),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/ps", ps, methods=["GET"]),
+        Route("/api/show", show, methods=["POST"]),
+        Route("/api/version", version, methods=["GET"]),
+    ]
+
+
+def _param_size(n: int | None) -> str:
+    if not n:
+        return "unknown"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)

@@ -1,0 +1,228 @@
+"""What both API front-ends share: model lookup, prompt building, defaults, admission, metrics.
+
+The front-ends (`ollama.py`, `openai.py`) only translate wire formats; everything with a policy
+in it lives here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any
+
+from slm_runtime.backends.base import (
+    EmbeddingResult,
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    ResponseFormat,
+    SamplingParams,
+    TokenEvent,
+)
+from slm_runtime.backends.templates import CHATML_TEMPLATE, ChatTemplate
+from slm_runtime.config import RuntimeConfig
+from slm_runtime.engine import Engine
+from slm_runtime.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    NotReadyError,
+    OverloadedError,
+    UnsupportedError,
+)
+from slm_runtime.server.limits import Limiter
+from slm_runtime.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+UNLIMITED = 1 << 31
+"""`max_tokens` when neither request nor config sets one: generation stops at the context end."""
+
+
+class Service:
+    """Per-app state and policy; created by `create_app`, never module-global."""
+
+    def __init__(self, settings: RuntimeConfig, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.started_at = time.time()
+        self.metrics = Metrics(settings.model.name)
+        limits = settings.limits
+        self.limiter = Limiter(limits.max_concurrent or settings.runtime.parallel, limits.queue_length)
+        self.metrics.track_limiter(lambda: self.limiter.running, lambda: self.limiter.waiting)
+        engine.add_observer(self.metrics.on_finish)
+        self.load_error: str | None = None
+        self._template: ChatTemplate | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_loading(self) -> asyncio.Task[None]:
+        """Load the model in the background so /healthz answers at once (idempotent)."""
+        if self._load_task is None:
+            self._load_task = asyncio.create_task(self._load(), name="slm-load-model")
+        return self._load_task
+
+    async def _load(self) -> None:
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("model failed to load: %s", exc)
+            return
+        info = self.info
+        source = self.settings.prompt.template or info.chat_template or CHATML_TEMPLATE
+        self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        self.metrics.model_loaded(info, self.settings.hardware, self.engine.load_seconds or 0.0)
+
+    async def shutdown(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await self.engine.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.info is not None and not self.limiter.draining
+
+    @property
+    def info(self) -> ModelInfo:
+        info = self.engine.info
+        if info is None:
+            raise NotReadyError(
+                (self.load_error and f"model failed to load: {self.load_error}") or "model is loading"
+            )
+        return info
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def resolve_model(self, name: str | None) -> ModelInfo:
+        """The served model if `name` addresses it (`name` or `name:latest`), else 404."""
+        served = self.settings.model.name
+        if name not in (served, f"{served}:latest"):
+            raise ModelNotFoundError(
+                f"model '{name}' not found; this server serves '{served}'", param="model"
+            )
+        return self.info
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, system: str | None = None) -> str:
+        """Prompt for a conversation; the configured system prompt fills in when none is given."""
+        msgs = [dict(m) for m in messages]
+        default_system = system if system is not None else self.settings.prompt.system
+        if default_system and not any(m.get("role") == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": default_system})
+        elif system is not None:
+            msgs = [{"role": "system", "content": system}] + [m for m in msgs if m.get("role") != "system"]
+        if self._template is None:
+            self.info  # noqa: B018 -- raises NotReadyError with the reason
+            raise NotReadyError("model is loading")
+        return self._template.render(msgs, add_generation_prompt=True)
+
+    def sampling(
+        self,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repeat_penalty: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        logit_bias: Mapping[int, float] | None = None,
+        response_format: ResponseFormat | None = None,
+    ) -> SamplingParams:
+        """Request values over the config's `prompt.parameters` over built-in defaults."""
+        d = self.settings.prompt.parameters
+        caps = self.engine.capabilities
+        base = SamplingParams()
+
+        def pick(value: Any, default: Any, fallback: Any) -> Any:
+            return value if value is not None else default if default is not None else fallback
+
+        limit = pick(max_tokens, d.num_predict, -1)
+        fmt = response_format or ResponseFormat()
+        if fmt.kind != "text" and not caps.grammar:
+            raise UnsupportedError(
+                "this model's backend does not support structured output", param="response_format"
+            )
+        if logit_bias and not caps.logit_bias:
+            raise UnsupportedError("this model's backend does not support logit_bias", param="logit_bias")
+        return replace(
+            base,
+            max_tokens=UNLIMITED if limit < 0 else limit,
+            temperature=float(pick(temperature, d.temperature, base.temperature)),
+            top_p=float(pick(top_p, d.top_p, base.top_p)),
+            top_k=int(pick(top_k, d.top_k, base.top_k)),
+            repeat_penalty=float(pick(repeat_penalty, d.repeat_penalty, base.repeat_penalty)),
+            seed=pick(seed, d.seed, None),
+            stop=tuple(stop if stop is not None else d.stop),
+            logit_bias=dict(logit_bias or {}),
+            response_format=fmt,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Admit (or raise Overloaded/NotReady), run, and time one generation.
+
+        Closing this iterator early releases the slot and cancels the engine's generation.
+        """
+        arrived = time.perf_counter()
+        self.info  # noqa: B018 -- 503 while loading
+        try:
+            slot = self.limiter.slot()
+            await slot.__aenter__()
+        except OverloadedError:
+            self.metrics.rejected("overloaded")
+            raise
+        except NotReadyError:
+            self.metrics.rejected("draining")
+            raise
+        try:
+            last: float | None = None
+            async with aclosing(self.engine.generate(request)) as events:
+                async for event in events:
+                    now = time.perf_counter()
+                    if isinstance(event, TokenEvent):
+                        if last is None:
+                            self.metrics.ttft.observe(now - arrived)
+                        else:
+                            self.metrics.itl.observe(now - last)
+                        last = now
+                    elif isinstance(event, FinishEvent):
+                        self.metrics.e2e.observe(now - arrived)
+                    yield event
+        finally:
+            await slot.__aexit__(None, None, None)
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """Embeddings (not admission-limited: short, and they queue on the decode thread)."""
+        self.info  # noqa: B018 -- 503 while loading
+        if not self.engine.capabilities.embeddings:
+            raise UnsupportedError("this model's backend does not support embeddings")
+        if not texts:
+            raise BadRequestError("input must not be empty", param="input")
+        return await self.engine.embed(texts)
+
+    async def complete(self, request: GenerationRequest) -> tuple[str, FinishEvent]:
+        """Non-streaming helper: the whole text and the finish event."""
+        parts: list[str] = []
+        finish: FinishEvent | None = None
+        async with aclosing(self.generate(request)) as events:
+            async for event in events:
+                if isinstance(event, TokenEvent):
+                    parts.append(event.text)
+                else:
+                    finish = event
+        if finish is None:  # pragma: no cover - the engine always ends with a FinishEvent
+            raise BadRequestError("generation ended without a result")
+        return "".join(parts), finish
+
+
+async def first_and_rest(
+    events: AsyncGenerator[GenerationEvent, None],
+) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None]]:
+    """Pull the first event before the response starts, so early errors get a real status code."""
+    first = await anext(events)
+    return first, events

@@ -1,0 +1,160 @@
+"""Backends and the engine against real tiny models (crash guard, decode thread, cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from slm_runtime.backends.base import (
+    FinishEvent,
+    GenerationRequest,
+    ResponseFormat,
+    SamplingParams,
+    TokenEvent,
+)
+from slm_runtime.backends.gguf import GgufBackend
+from slm_runtime.backends.onnx import OnnxBackend
+from slm_runtime.engine import SerialEngine
+from slm_runtime.errors import BadRequestError, UnsupportedError
+
+PROMPT = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+
+
+async def _collect(engine: SerialEngine, request: GenerationRequest) -> tuple[str, FinishEvent]:
+    text, finish = [], None
+    async for event in engine.generate(request):
+        if isinstance(event, TokenEvent):
+            text.append(event.text)
+        else:
+            finish = event
+    assert finish is not None
+    return "".join(text), finish
+
+
+@pytest.mark.parametrize("quant", ["f32", "q8_0", "q4_0"])
+def test_gguf_decodes_every_quantization(models: dict[str, Path], quant: str) -> None:
+    """Crash guard: Q8_0/Q4_0 decode segfaulted on AMX before use_extra_bufts=False (FACTS)."""
+
+    async def run() -> None:
+        engine = SerialEngine(GgufBackend(models[quant], name="t", context_length=256, threads=1))
+        await engine.start()
+        assert engine.info is not None
+        assert engine.info.quantization.lower() == quant
+        text, finish = await _collect(
+            engine, GenerationRequest(PROMPT, SamplingParams(max_tokens=12, seed=3))
+        )
+        assert finish.reason == "length"
+        assert finish.completion_tokens == 12
+        assert finish.prompt_tokens > 5
+        assert text
+        # Same seed, same prompt (served from the prefix cache this time): same text.
+        again, _ = await _collect(engine, GenerationRequest(PROMPT, SamplingParams(max_tokens=12, seed=3)))
+        assert again == text
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_backend_runs_only_on_the_decode_thread(models: dict[str, Path]) -> None:
+    seen: set[str] = set()
+
+    class Spy(GgufBackend):
+        def generate(self, request, emit):  # type: ignore[no-untyped-def]
+            seen.add(threading.current_thread().name)
+            super().generate(request, emit)
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            seen.add(threading.current_thread().name)
+            return super().embed(texts)
+
+    async def run() -> None:
+        engine = SerialEngine(Spy(models["q8_0"], name="t", context_length=256, threads=1))
+        await engine.start()
+        await asyncio.gather(
+            *(_collect(engine, GenerationRequest(PROMPT, SamplingParams(max_tokens=4))) for _ in range(3)),
+            engine.embed(["a", "b"]),
+        )
+        await engine.close()
+
+    asyncio.run(run())
+    assert seen == {"slm-decode"}
+
+
+def test_gguf_embeddings_are_normalised_and_deterministic(models: dict[str, Path]) -> None:
+    async def run() -> None:
+        engine = SerialEngine(GgufBackend(models["q8_0"], name="t", context_length=256, threads=1))
+        await engine.start()
+        result = await engine.embed(["hello world", "the quick brown fox", "hello world"])
+        assert len(result.vectors) == 3
+        assert len(result.vectors[0]) == 64
+        assert abs(sum(v * v for v in result.vectors[0]) - 1) < 1e-4
+        assert result.vectors[0] == pytest.approx(result.vectors[2])
+        assert result.vectors[0] != pytest.approx(result.vectors[1])
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_gguf_json_grammar_and_long_prompt(models: dict[str, Path]) -> None:
+    async def run() -> None:
+        engine = SerialEngine(GgufBackend(models["q8_0"], name="t", context_length=128, threads=1))
+        await engine.start()
+        params = SamplingParams(max_tokens=8, seed=1, response_format=ResponseFormat("json_object"))
+        text, _ = await _collect(engine, GenerationRequest(PROMPT, params))
+        assert text.lstrip().startswith(("{", "["))
+        with pytest.raises(BadRequestError, match="context holds"):
+            await _collect(engine, GenerationRequest("word " * 400, SamplingParams(max_tokens=4)))
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_cancellation_stops_generation_early(models: dict[str, Path]) -> None:
+    finishes: list[FinishEvent] = []
+
+    async def run() -> None:
+        engine = SerialEngine(GgufBackend(models["q8_0"], name="t", context_length=512, threads=1))
+        engine.add_observer(lambda _req, event: finishes.append(event))
+        await engine.start()
+        stream = engine.generate(GenerationRequest(PROMPT, SamplingParams(max_tokens=400)))
+        await anext(stream)
+        await stream.aclose()  # what a client disconnect does
+        # The engine is free again: the next request runs (the aborted one finished first).
+        _, finish = await _collect(engine, GenerationRequest(PROMPT, SamplingParams(max_tokens=2)))
+        assert finish.reason == "length"
+        await engine.close()
+
+    asyncio.run(run())
+    assert finishes[0].reason == "abort"
+    assert finishes[0].completion_tokens < 400
+
+
+def test_onnx_generates_and_refuses_unsupported(models: dict[str, Path]) -> None:
+    async def run() -> None:
+        engine = SerialEngine(OnnxBackend(models["onnx"], name="t", context_length=256))
+        await engine.start()
+        text, finish = await _collect(
+            engine, GenerationRequest(PROMPT, SamplingParams(max_tokens=10, temperature=0.7, seed=5))
+        )
+        assert finish.completion_tokens == 10
+        assert finish.reason == "length"
+        assert text
+        greedy = SamplingParams(max_tokens=6, temperature=0)
+        first, _ = await _collect(engine, GenerationRequest(PROMPT, greedy))
+        second, _ = await _collect(engine, GenerationRequest(PROMPT, greedy))
+        assert first == second
+        with pytest.raises(UnsupportedError):
+            await engine.embed(["x"])
+        with pytest.raises(UnsupportedError):
+            await _collect(
+                engine,
+                GenerationRequest(
+                    PROMPT, SamplingParams(max_tokens=2, response_format=ResponseFormat("json_object"))
+                ),
+            )
+        await engine.close()
+
+    asyncio.run(run())
