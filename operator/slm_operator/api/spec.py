@@ -1,0 +1,467 @@
+"""The SLMDeployment spec: what model to serve, on which hardware, and how to expose it.
+
+Every invariant the API server can check is declared twice on purpose: as a CEL rule in the
+class's JSON schema (`x-kubernetes-validations`, enforced by `kubectl apply`) and as a pydantic
+validator (enforced by `slm-operator render` and by the reconciler on whatever the server stored).
+The tests evaluate the CEL rules with cel-python against the same cases as the validators.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from slm_operator.api.common import (
+    ApiModel,
+    LabelSelector,
+    Quantity,
+    ResourceRequirements,
+    StringMap,
+    Toleration,
+    cel,
+    model_config,
+)
+
+HardwareClass = Literal["npu", "gpu", "cpu"]
+ModelFormat = Literal["gguf", "onnx"]
+Quantization = Literal[
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q3_K_M",
+    "Q2_K",
+    "FP32",
+    "FP16",
+    "INT8",
+    "INT4",
+]
+ONNX_ONLY: tuple[Quantization, ...] = ("FP32", "FP16", "INT8", "INT4")
+URI_PATTERN = r"^(https://|hf://|file://|tiny://)\S+$"
+SHA256_PATTERN = r"^[a-fA-F0-9]{64}$"
+RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
+DEFAULT_PREFERENCE: tuple[HardwareClass, ...] = ("gpu", "cpu")
+MAX_NAME_LENGTH = 52
+"""Longest SLMDeployment name: children add at most "-runtime" and must stay within 63 characters."""
+
+
+class ModelVariant(ApiModel):
+    """One downloadable file (GGUF) or folder (ONNX) of the model at one quantization."""
+
+    model_config = model_config(
+        cel(
+            "self.format == 'onnx' || !(self.quantization in ['FP32', 'FP16', 'INT8', 'INT4'])",
+            "GGUF variants use llama.cpp quantization names (F32, F16, BF16, Q8_0, Q4_K_M, ...)",
+            ".quantization",
+        )
+    )
+
+    format: ModelFormat = Field(
+        "gguf", description="File format: gguf (llama.cpp) or onnx (ONNX Runtime GenAI)."
+    )
+    quantization: Quantization = Field(
+        description="Weight precision of this variant, e.g. Q4_K_M, F16, INT4."
+    )
+    uri: str = Field(
+        pattern=URI_PATTERN,
+        max_length=2048,
+        description=(
+            "Where to fetch it: https://..., hf://org/repo/path/to/file, file:///local/path, "
+            "or tiny://gguf?quantization=q8_0 / tiny://onnx for a generated test model."
+        ),
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=SHA256_PATTERN,
+        description="Expected SHA-256 of the file (64 hex digits); checked after download.",
+    )
+    size_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Size of the file in bytes; improves the memory estimate when `parameters` is unset.",
+    )
+
+    @model_validator(mode="after")
+    def _gguf_names(self) -> Self:
+        if self.format == "gguf" and self.quantization in ONNX_ONLY:
+            raise ValueError(
+                "GGUF variants use llama.cpp quantization names (F32, F16, BF16, Q8_0, Q4_K_M, ...)"
+            )
+        return self
+
+
+class ModelSpec(ApiModel):
+    """The model to serve: its name and either an explicit list of variants or a URI template."""
+
+    model_config = model_config(
+        cel(
+            "has(self.variants) != has(self.uriTemplate)",
+            "set exactly one of model.variants and model.uriTemplate",
+            ".variants",
+        ),
+        cel(
+            "!has(self.uriTemplate) || self.uriTemplate.contains('{quantization}')",
+            "model.uriTemplate must contain the placeholder {quantization}",
+            ".uriTemplate",
+        ),
+        cel(
+            "has(self.uriTemplate) == has(self.quantizations)",
+            "model.quantizations (the quantizations a uriTemplate offers) goes with uriTemplate only",
+            ".quantizations",
+        ),
+        cel(
+            "!has(self.sha256) || (has(self.quantizations) && self.sha256.all(q, q in self.quantizations))",
+            "model.sha256 keys must be quantizations listed in model.quantizations",
+            ".sha256",
+        ),
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Model name served in /v1/models and /api/tags, e.g. qwen2.5:0.5b.",
+    )
+    parameters: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Approximate parameter count in billions (0.5, 3.8, ...); used for memory estimates.",
+    )
+    variants: list[ModelVariant] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="The files this model is offered as; placement picks one.",
+    )
+    uri_template: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="URI with a {quantization} placeholder, an alternative to listing variants.",
+    )
+    format: ModelFormat = Field("gguf", description="Format of the files a uriTemplate points to.")
+    quantizations: list[Quantization] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="Quantizations the uriTemplate offers (with uriTemplate only).",
+    )
+    sha256: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]] | None = Field(
+        None,
+        max_length=16,
+        json_schema_extra={"maxProperties": 16},
+        description="Expected SHA-256 of each uriTemplate file, keyed by quantization (64 hex digits).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.variants is None) == (self.uri_template is None):
+            raise ValueError("set exactly one of model.variants and model.uriTemplate")
+        if self.uri_template is not None and "{quantization}" not in self.uri_template:
+            raise ValueError("model.uriTemplate must contain the placeholder {quantization}")
+        if (self.uri_template is None) != (self.quantizations is None):
+            raise ValueError(
+                "model.quantizations (the quantizations a uriTemplate offers) goes with uriTemplate only"
+            )
+        if self.sha256 is not None and not set(self.sha256) <= set(self.quantizations or ()):
+            raise ValueError("model.sha256 keys must be quantizations listed in model.quantizations")
+        return self
+
+    def all_variants(self) -> list[ModelVariant]:
+        """The offered variants, expanding a uriTemplate into one variant per quantization."""
+        if self.variants is not None:
+            return list(self.variants)
+        template = self.uri_template or ""
+        return [
+            ModelVariant(
+                format=self.format,
+                quantization=q,
+                uri=template.replace("{quantization}", q),
+                sha256=(self.sha256 or {}).get(q),
+                size_bytes=None,
+            )
+            for q in self.quantizations or ()
+        ]
+
+
+class AcceleratorSpec(ApiModel):
+    """Which extended resource to request for an accelerator class, and how many."""
+
+    resource_name: str | None = Field(
+        None,
+        pattern=RESOURCE_NAME_PATTERN,
+        max_length=253,
+        description="Extended resource, e.g. nvidia.com/gpu or npu.intel.com/accel; default: detected.",
+    )
+    count: int = Field(1, ge=1, le=16, description="Devices per pod.")
+
+
+class HardwareSpec(ApiModel):
+    """Where the model may run, in order of preference, and the scheduling constraints to honour."""
+
+    preference: list[HardwareClass] = Field(
+        default_factory=lambda: list(DEFAULT_PREFERENCE),
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"default": ["gpu", "cpu"], "x-kubernetes-list-type": "set"},
+        description="Hardware classes to try in order; the first with room for the model wins.",
+    )
+    gpu: AcceleratorSpec | None = Field(None, description="GPU resource to request when placed on a GPU.")
+    npu: AcceleratorSpec | None = Field(None, description="NPU resource to request when placed on an NPU.")
+    node_selector: StringMap | None = Field(None, description="Node labels every model pod requires.")
+    tolerations: list[Toleration] | None = Field(
+        None, description="Extra tolerations; the accelerator's own taint is tolerated automatically."
+    )
+    memory_budget: Quantity | None = Field(
+        None, description="Most memory one pod may use (e.g. 6Gi); larger variants are not chosen."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        if len(set(self.preference)) != len(self.preference):
+            raise ValueError("hardware.preference must not repeat a class")
+        return self
+
+
+class RuntimeSettings(ApiModel):
+    """Engine settings passed to the runtime (llama.cpp vocabulary)."""
+
+    context_length: int = Field(
+        4096, ge=64, le=1048576, description="Context window per parallel slot, in tokens."
+    )
+    parallel: int = Field(4, ge=1, le=256, description="Requests decoded concurrently per pod (slots).")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads; default: the pod's CPU request."
+    )
+    gpu_layers: int | None = Field(
+        None,
+        ge=-1,
+        le=1000,
+        description="Layers offloaded to the GPU; -1 = all. Default -1 on gpu, 0 elsewhere.",
+    )
+    batch_size: int = Field(512, ge=1, le=65536, description="Prompt tokens processed per decode step.")
+
+
+class SamplingParameters(ApiModel):
+    """Default sampling parameters (an Ollama Modelfile's PARAMETER lines); a request's own values win."""
+
+    temperature: float | None = Field(None, ge=0, le=10, description="Sampling temperature; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling probability mass.")
+    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 disables.")
+    num_predict: int | None = Field(None, ge=-1, description="Most tokens to generate; -1 = until stop.")
+    stop: list[str] | None = Field(None, max_length=16, description="Stop sequences.")
+    seed: int | None = Field(None, description="Random seed for reproducible sampling.")
+    repeat_penalty: float | None = Field(None, ge=0, description="Penalty for repeating recent tokens.")
+
+
+class PromptSpec(ApiModel):
+    """What a Modelfile's SYSTEM, TEMPLATE and PARAMETER lines say."""
+
+    system: str | None = Field(None, description="System prompt used when a chat brings none.")
+    template: str | None = Field(None, description="Jinja2 chat template overriding the model's own.")
+    parameters: SamplingParameters | None = Field(None, description="Default sampling parameters.")
+
+
+class AutoscalingSpec(ApiModel):
+    """Horizontal autoscaling of the model pods (a HorizontalPodAutoscaler is rendered when enabled)."""
+
+    model_config = model_config(
+        cel(
+            "!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+            ".minReplicas",
+        ),
+        cel(
+            "!self.enabled || has(self.maxReplicas)",
+            "autoscaling.maxReplicas is required when autoscaling is enabled",
+            ".maxReplicas",
+        ),
+        cel(
+            "!self.enabled || has(self.targetCPUUtilizationPercentage) || has(self.targetInFlightRequests)",
+            "enabled autoscaling needs targetCPUUtilizationPercentage and/or targetInFlightRequests",
+            ".enabled",
+        ),
+    )
+
+    enabled: bool = Field(
+        False, description="Render a HorizontalPodAutoscaler; spec.replicas is then ignored."
+    )
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest pods the autoscaler keeps.")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Most pods the autoscaler may run.")
+    target_cpu_utilization_percentage: int | None = Field(
+        None,
+        alias="targetCPUUtilizationPercentage",
+        ge=1,
+        le=100,
+        description="Scale to keep average CPU use at this percentage of the request.",
+    )
+    target_in_flight_requests: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="Scale to keep this many requests in flight per pod (needs a custom metrics adapter).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        if self.enabled and self.max_replicas is None:
+            raise ValueError("autoscaling.maxReplicas is required when autoscaling is enabled")
+        if (
+            self.enabled
+            and self.target_cpu_utilization_percentage is None
+            and self.target_in_flight_requests is None
+        ):
+            raise ValueError(
+                "enabled autoscaling needs targetCPUUtilizationPercentage and/or targetInFlightRequests"
+            )
+        return self
+
+
+class NetworkPeer(ApiModel):
+    """Pods allowed to call the model: a namespace selector, a pod selector, or both (AND)."""
+
+    model_config = model_config(
+        cel(
+            "has(self.namespaceSelector) || has(self.podSelector)",
+            "an allowed client needs a namespaceSelector, a podSelector or both",
+            ".podSelector",
+        )
+    )
+
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces of allowed clients; unset means the SLMDeployment's own namespace."
+    )
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods allowed within the selected namespaces; unset means all of them."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError("an allowed client needs a namespaceSelector, a podSelector or both")
+        return self
+
+
+class NetworkingSpec(ApiModel):
+    """The Service port and who may reach the pods (a NetworkPolicy is always rendered)."""
+
+    port: int = Field(8080, ge=1, le=65535, description="Service port for the OpenAI and Ollama APIs.")
+    allowed_clients: list[NetworkPeer] | None = Field(
+        None,
+        max_length=32,
+        description="Clients allowed to call the API; unset means every pod in the same namespace.",
+    )
+    metrics_namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces (e.g. monitoring) whose pods may scrape /metrics."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the SLMDeployment's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field(
+        "api-key", min_length=1, max_length=253, description="Key holding the API keys, one per line."
+    )
+
+
+class AuthSpec(ApiModel):
+    """API-key authentication of the model endpoints."""
+
+    api_key_secret_ref: SecretKeyRef = Field(
+        description="Secret key with the accepted API keys, one per line."
+    )
+
+
+class CacheSpec(ApiModel):
+    """The volume the model file is downloaded into."""
+
+    model_config = model_config(
+        cel(
+            "self.type == 'pvc' || !has(self.storageClassName)",
+            "cache.storageClassName is only valid with cache.type pvc",
+            ".storageClassName",
+        ),
+        cel(
+            "self.type != 'pvc' || has(self.size)",
+            "cache.size is required with cache.type pvc",
+            ".size",
+        ),
+    )
+
+    type: Literal["emptyDir", "pvc"] = Field(
+        "emptyDir", description="emptyDir (per pod, downloaded on every start) or pvc (kept across restarts)."
+    )
+    size: Quantity | None = Field(None, description="Volume size (pvc) or emptyDir size limit.")
+    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass of the pvc.")
+
+    @model_validator(mode="after")
+    def _pvc_only(self) -> Self:
+        if self.type != "pvc" and self.storage_class_name is not None:
+            raise ValueError("cache.storageClassName is only valid with cache.type pvc")
+        if self.type == "pvc" and self.size is None:
+            raise ValueError("cache.size is required with cache.type pvc")
+        return self
+
+
+class SLMDeploymentSpec(ApiModel):
+    """Desired state of an SLMDeployment: one model served by a fleet of runtime pods."""
+
+    model: ModelSpec = Field(description="The model to serve and the files it is offered as.")
+    hardware: HardwareSpec = Field(
+        default_factory=lambda: HardwareSpec.model_validate({}),
+        json_schema_extra={"default": {}},
+        description="Hardware preference and scheduling constraints.",
+    )
+    runtime: RuntimeSettings = Field(
+        default_factory=lambda: RuntimeSettings.model_validate({}),
+        json_schema_extra={"default": {}},
+        description="Engine settings.",
+    )
+    prompt: PromptSpec | None = Field(None, description="System prompt, chat template and sampling defaults.")
+    replicas: int = Field(1, ge=0, le=1000, description="Pods to run when autoscaling is disabled.")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Horizontal autoscaling.")
+    networking: NetworkingSpec = Field(
+        default_factory=lambda: NetworkingSpec.model_validate({}),
+        json_schema_extra={"default": {}},
+        description="Service port and access.",
+    )
+    auth: AuthSpec | None = Field(None, description="API-key authentication; unset leaves the API open.")
+    resources: ResourceRequirements | None = Field(
+        None, description="Resource requests/limits overriding the computed ones, key by key."
+    )
+    cache: CacheSpec = Field(
+        default_factory=lambda: CacheSpec.model_validate({}),
+        json_schema_extra={"default": {}},
+        description="Model download volume.",
+    )
+    image: str | None = Field(
+        None, max_length=512, description="Runtime image overriding the operator's default."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Pull policy of the runtime image."
+    )
+    pod_labels: StringMap | None = Field(None, description="Extra labels on the model pods.")
+    pod_annotations: StringMap | None = Field(None, description="Extra annotations on the model pods.")
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether a HorizontalPodAutoscaler owns the replica count."""
+        return self.autoscaling is not None and self.autoscaling.enabled
+
+    @property
+    def min_pods(self) -> int:
+        """The fewest pods that normally run (decides whether a PodDisruptionBudget helps)."""
+        if self.autoscaling is not None and self.autoscaling.enabled:
+            return self.autoscaling.min_replicas
+        return self.replicas

@@ -1,0 +1,140 @@
+"""`slm-operator`: print the CRD, render an SLMDeployment offline, or run the operator.
+
+    slm-operator crd                                   # the CRD generated from slm_operator.api
+    slm-operator render -f examples/gpu.yaml [--nodes nodes.yaml] [--namespace NS] [--image IMG]
+    slm-operator run [--namespace NS]... | --all-namespaces [--peering NAME | --standalone]
+                     [--metrics-port 9090] [--liveness http://0.0.0.0:8081/healthz] [--resync-seconds 60]
+
+`render` needs no cluster: without `--nodes` placement picks the first preferred hardware class
+(see slm_operator.placement). `--nodes` takes a YAML file of Node (and optionally Pod) objects,
+as separate documents or a `kind: List`, e.g. `kubectl get nodes -o yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from slm_operator.api import KIND, SLMDeployment
+from slm_operator.api.crd import crd_yaml
+from slm_operator.errors import SpecError
+from slm_operator.placement import place
+from slm_operator.render import RenderContext, render_all
+from slm_operator.render.yamlout import dump_all
+from slm_operator.settings import Settings, image_from_env, resync_from_env
+
+
+def _documents(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    docs: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("kind", "").endswith("List") and "items" in doc:
+            docs.extend(d for d in doc["items"] if isinstance(d, dict))
+        else:
+            docs.append(doc)
+    return docs
+
+
+def render_documents(
+    objects: Iterable[dict[str, Any]],
+    nodes: Sequence[dict[str, Any]] = (),
+    pods: Sequence[dict[str, Any]] = (),
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+) -> str:
+    """Multi-document YAML of every child of every SLMDeployment in `objects` (deterministic)."""
+    out: list[dict[str, Any]] = []
+    for raw in objects:
+        if raw.get("kind") != KIND:
+            continue
+        resource = SLMDeployment.model_validate(raw)
+        ns = namespace or resource.metadata.get("namespace")
+        placement = place(resource.spec, nodes, pods)
+        ctx = RenderContext(
+            name=resource.name,
+            namespace=ns,
+            spec=resource.spec,
+            placement=placement,
+            default_image=image or image_from_env(),
+        )
+        out.extend(render_all(ctx))
+    return dump_all(out)
+
+
+def _render(args: argparse.Namespace) -> int:
+    objects = _documents(args.filename)
+    inventory = _documents(args.nodes) if args.nodes else []
+    nodes = [d for d in inventory if d.get("kind", "Node") == "Node"]
+    pods = [d for d in inventory if d.get("kind") == "Pod"]
+    try:
+        sys.stdout.write(render_documents(objects, nodes, pods, namespace=args.namespace, image=args.image))
+    except (ValidationError, SpecError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from slm_operator.reconcile.runner import run_operator  # kopf is only needed here
+
+    settings = Settings(
+        runtime_image=args.image or image_from_env(),
+        namespaces=tuple(args.namespace or ()),
+        all_namespaces=args.all_namespaces or not args.namespace,
+        peering=args.peering,
+        standalone=args.peering is None,
+        metrics_port=args.metrics_port,
+        liveness=args.liveness,
+        resync_seconds=args.resync_seconds if args.resync_seconds is not None else resync_from_env(),
+    )
+    run_operator(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm-operator", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("crd", help="print the SLMDeployment CRD (YAML)")
+    render = sub.add_parser("render", help="print the objects an SLMDeployment becomes, without a cluster")
+    render.add_argument("-f", "--filename", required=True, help="SLMDeployment YAML file ('-' for stdin)")
+    render.add_argument("--nodes", help="YAML of Node (and Pod) objects to place against")
+    render.add_argument("-n", "--namespace", help="namespace to put on the objects")
+    render.add_argument("--image", help="runtime image (default: $SLM_RUNTIME_IMAGE or the release image)")
+    run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig")
+    run.add_argument("-n", "--namespace", action="append", help="namespace to watch (repeatable)")
+    run.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument("--peering", help="kopf peering object name, for HA (one active replica)")
+    peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
+    run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    run.add_argument(
+        "--resync-seconds", type=float, help="drift-correction period (default $SLM_RESYNC_SECONDS or 60)"
+    )
+    run.add_argument("--image", help="runtime image (default: $SLM_RUNTIME_IMAGE or the release image)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "crd":
+        sys.stdout.write(crd_yaml())
+        return 0
+    if args.command == "render":
+        return _render(args)
+    return _run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The runtime ConfigMap: a `slm_runtime.config.RuntimeConfig` built from the spec and placement.
+
+Building the runtime's own model (rather than a dict) makes a renamed or removed runtime field a
+type error here instead of a pod that ignores its configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from slm_operator.render.context import AUTH_DIR, RUNTIME_PORT, RenderContext
+from slm_operator.render.metadata import object_meta
+from slm_runtime.config import (
+    AuthSection,
+    ModelSection,
+    PromptSection,
+    RuntimeConfig,
+    RuntimeSection,
+    SamplingDefaults,
+    ServerSection,
+)
+
+
+def runtime_config(ctx: RenderContext) -> RuntimeConfig:
+    """The config file `slm-runtime serve` reads."""
+    spec, placement = ctx.spec, ctx.placement
+    prompt = spec.prompt
+    sampling = prompt.parameters.to_api() if prompt is not None and prompt.parameters is not None else {}
+    auth = AuthSection.model_validate({})
+    if spec.auth is not None:
+        auth = AuthSection.model_validate({"apiKeyFile": f"{AUTH_DIR}/{spec.auth.api_key_secret_ref.key}"})
+    return RuntimeConfig(
+        model=ModelSection(
+            name=spec.model.name,
+            path=ctx.model_path,
+            format=placement.variant.format,
+            quantization=placement.variant.quantization,
+        ),
+        hardware=placement.hardware,
+        runtime=RuntimeSection(
+            contextLength=spec.runtime.context_length,
+            parallel=spec.runtime.parallel,
+            threads=placement.threads,
+            gpuLayers=placement.gpu_layers,
+            batchSize=spec.runtime.batch_size,
+        ),
+        prompt=PromptSection(
+            system=prompt.system if prompt else None,
+            template=prompt.template if prompt else None,
+            parameters=SamplingDefaults.model_validate(sampling),
+        ),
+        auth=auth,
+        server=ServerSection(port=RUNTIME_PORT),
+    )
+
+
+def config_yaml(ctx: RenderContext) -> str:
+    return runtime_config(ctx).to_yaml()
+
+
+def config_hash(ctx: RenderContext) -> str:
+    """Pod-template annotation value: a config change changes the template and rolls the pods."""
+    return hashlib.sha256(config_yaml(ctx).encode()).hexdigest()[:16]
+
+
+def build_config_map(ctx: RenderContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(ctx, ctx.config_map_name),
+        "data": {"config.yaml": config_yaml(ctx)},
+    }

@@ -1,0 +1,70 @@
+"""What every builder receives: one typed value instead of many positional arguments."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from slm_operator.api import SLMDeploymentSpec
+from slm_operator.placement import Placement
+
+DEFAULT_IMAGE = "ghcr.io/slm-operator/slm-runtime:0.1.0"
+RUNTIME_PORT = 8080
+MODELS_DIR = "/models"
+CONFIG_DIR = "/etc/slm"
+CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
+AUTH_DIR = f"{CONFIG_DIR}/auth"
+CONFIG_HASH_ANNOTATION = "slm.dev/config-hash"
+IN_FLIGHT_METRIC = "vllm_num_requests_running"
+"""Per-pod custom metric the HPA reads; a metrics adapter must expose the runtime's gauge under it."""
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """An SLMDeployment's name, namespace and spec plus the placement decided for it."""
+
+    name: str
+    spec: SLMDeploymentSpec
+    placement: Placement
+    namespace: str | None = None
+    default_image: str = DEFAULT_IMAGE
+
+    @property
+    def image(self) -> str:
+        return self.spec.image or self.default_image
+
+    @property
+    def config_map_name(self) -> str:
+        return f"{self.name}-runtime"
+
+    @property
+    def cache_claim_name(self) -> str:
+        return f"{self.name}-cache"
+
+    @property
+    def model_file(self) -> str:
+        return model_file_name(self.placement.variant.uri, self.placement.variant.format)
+
+    @property
+    def model_path(self) -> str:
+        return f"{MODELS_DIR}/{self.model_file}"
+
+
+def model_file_name(uri: str, fmt: str) -> str:
+    """File (GGUF) or folder (ONNX) name under /models for a variant's URI.
+
+    `tiny://gguf?quantization=q8_0` becomes `tiny-q8_0.gguf`, `tiny://onnx` becomes `tiny-onnx`,
+    anything else its last path segment without the query string.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme == "tiny":
+        quant = parse_qs(parts.query).get("quantization", [""])[0]
+        kind = parts.netloc or parts.path.strip("/") or fmt
+        base = "-".join(p for p in ("tiny", quant.lower() if kind == "gguf" else kind) if p)
+        return f"{base}.gguf" if kind == "gguf" else base
+    segment = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.netloc
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", segment).strip(".-") or "model"
+    if fmt == "gguf" and not safe.endswith(".gguf"):
+        safe += ".gguf"
+    return safe

@@ -1,0 +1,350 @@
+"""Rendering: key fields of every child, each child valid against the Kubernetes 1.34 OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from op_support import ROOT, bed_nodes, example, gguf, pod_on, spec
+
+from slm_operator.api import SLMDeployment, SLMDeploymentSpec
+from slm_operator.api.crd import build_crd
+from slm_operator.cli import main
+from slm_operator.placement import place
+from slm_operator.render import DEFAULT_IMAGE, RenderContext, model_file_name, render_all
+from slm_runtime.config import RuntimeConfig
+
+K8S_VERSION = "1.34"
+PHI = {"name": "phi", "parameters": 3.8, "variants": gguf("F16", "Q8_0", "Q4_K_M")}
+
+
+def _render(
+    the_spec: SLMDeploymentSpec, nodes: list[dict[str, Any]] | None = None, **kw: Any
+) -> dict[str, Any]:
+    placement = place(the_spec, bed_nodes() if nodes is None else nodes)
+    ctx = RenderContext(name="demo", namespace="ns", spec=the_spec, placement=placement, **kw)
+    return {obj["kind"]: obj for obj in render_all(ctx)}
+
+
+def _pool_nodes() -> list[dict[str, Any]]:
+    nodes = bed_nodes()
+    for node in nodes:
+        node["metadata"]["labels"]["pool"] = "ml"
+    return nodes
+
+
+def _pod(objs: dict[str, Any]) -> dict[str, Any]:
+    return objs["Deployment"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def _container(objs: dict[str, Any], name: str = "runtime") -> dict[str, Any]:
+    pod = _pod(objs)
+    return next(c for c in pod["containers"] + pod["initContainers"] if c["name"] == name)
+
+
+SPECS = {
+    "minimal": {},
+    "gpu": {"model": PHI},
+    "autoscaled": {
+        "model": PHI,
+        "autoscaling": {"enabled": True, "maxReplicas": 3, "targetInFlightRequests": 2},
+    },
+    "everything": {
+        "model": PHI,
+        "replicas": 3,
+        "auth": {"apiKeySecretRef": {"name": "keys", "key": "k"}},
+        "cache": {"type": "pvc", "size": "30Gi", "storageClassName": "fast"},
+        "networking": {
+            "port": 80,
+            "allowedClients": [
+                {
+                    "namespaceSelector": {"matchLabels": {"team": "a"}},
+                    "podSelector": {"matchLabels": {"app": "x"}},
+                }
+            ],
+            "metricsNamespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        },
+        "hardware": {"nodeSelector": {"pool": "ml"}, "tolerations": [{"key": "pool", "operator": "Exists"}]},
+        "prompt": {"system": "hi", "parameters": {"temperature": 0.1, "stop": ["x"]}},
+        "podLabels": {"team": "ml"},
+        "podAnnotations": {"a": "b"},
+        "imagePullPolicy": "Always",
+        "image": "example.org/rt:1",
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+@pytest.mark.parametrize("inventory", ["test-bed", "offline"])
+def test_children_are_valid_kubernetes_objects(case: str, inventory: str) -> None:
+    nodes = _pool_nodes() if inventory == "test-bed" else []
+    for obj in _render(spec(**SPECS[case]), nodes).values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "npu", "tiny"])
+def test_examples_render_valid_objects(name: str) -> None:
+    resource = SLMDeployment.model_validate(example(name))
+    placement = place(resource.spec, bed_nodes())
+    ctx = RenderContext(name=resource.name, namespace="default", spec=resource.spec, placement=placement)
+    for obj in render_all(ctx):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_crd_is_a_valid_kubernetes_object() -> None:
+    kubernetes_validate.validate(build_crd(), K8S_VERSION, strict=True)
+
+
+def test_names_labels_and_kinds() -> None:
+    objs = _render(spec())
+    assert sorted(objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+    assert objs["ConfigMap"]["metadata"]["name"] == "demo-runtime"
+    for obj in objs.values():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ns"
+        assert meta["labels"] == {
+            "app.kubernetes.io/name": "slm-runtime",
+            "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "inference",
+            "app.kubernetes.io/part-of": "slm-operator",
+            "app.kubernetes.io/managed-by": "slm-operator",
+            "slm.dev/deployment": "demo",
+        }
+        if obj["kind"] != "ConfigMap":
+            assert meta["name"] == "demo"
+    selector = objs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "demo"
+    assert objs["Service"]["spec"]["selector"] == selector
+
+
+def test_deployment_pod_security_and_probes() -> None:
+    objs = _render(spec())
+    pod = _pod(objs)
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "demo"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for name in ("runtime", "fetch-model"):
+        sc = _container(objs, name)["securityContext"]
+        assert sc["runAsNonRoot"] and sc["runAsUser"] == 10001 and sc["readOnlyRootFilesystem"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    runtime = _container(objs)
+    assert runtime["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert runtime["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in runtime["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    ]
+
+
+def test_fetch_then_serve_commands() -> None:
+    sha = "b" * 64
+    the_spec = spec(
+        model={
+            "name": "m",
+            "parameters": 0.5,
+            "variants": [{"quantization": "Q4_K_M", "uri": "hf://o/r/m.gguf", "sha256": sha}],
+        }
+    )
+    objs = _render(the_spec)
+    fetch = _container(objs, "fetch-model")
+    assert fetch["command"] == ["slm-runtime"]
+    assert fetch["args"] == ["fetch", "--uri", "hf://o/r/m.gguf", "--sha256", sha, "--dest", "/models/m.gguf"]
+    runtime = _container(objs)
+    assert runtime["args"] == ["serve", "--config", "/etc/slm/config.yaml", "--model", "/models/m.gguf"]
+    assert runtime["image"] == fetch["image"] == DEFAULT_IMAGE
+
+
+def test_image_precedence() -> None:
+    assert _container(_render(spec(), default_image="op/rt:2"))["image"] == "op/rt:2"
+    assert _container(_render(spec(image="spec/rt:3"), default_image="op/rt:2"))["image"] == "spec/rt:3"
+
+
+def test_gpu_deployment() -> None:
+    objs = _render(spec(model=PHI))
+    runtime = _container(objs)
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    pod = _pod(objs)
+    expressions = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"]
+    assert expressions[0]["key"] == "nvidia.com/gpu.product"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert objs["Deployment"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    config = RuntimeConfig.model_validate(yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"]))
+    assert config.hardware == "gpu" and config.runtime.gpu_layers == -1
+    assert config.model.quantization == "F16" and config.model.path == "/models/model-F16.gguf"
+
+
+def test_runtime_config_round_trips() -> None:
+    objs = _render(spec(**SPECS["everything"]), [])
+    config = RuntimeConfig.model_validate(yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"]))
+    assert config.model.name == "phi" and config.model.format == "gguf"
+    assert config.runtime.context_length == 4096 and config.runtime.parallel == 4
+    assert config.prompt.system == "hi" and config.prompt.parameters.temperature == 0.1
+    assert config.prompt.parameters.stop == ["x"]
+    assert config.auth.api_key_file == "/etc/slm/auth/k"
+    assert config.server.port == 8080
+
+
+def test_config_change_rolls_pods() -> None:
+    a = _render(spec(runtime={"contextLength": 2048}))
+    b = _render(spec(runtime={"contextLength": 4096}))
+    c = _render(spec(runtime={"contextLength": 2048}))
+
+    def hash_of(objs: dict[str, Any]) -> str:
+        return str(objs["Deployment"]["spec"]["template"]["metadata"]["annotations"]["slm.dev/config-hash"])
+
+    assert hash_of(a) != hash_of(b)
+    assert hash_of(a) == hash_of(c)
+
+
+def test_autoscaling_omits_replicas_and_renders_hpa() -> None:
+    objs = _render(spec(**SPECS["autoscaled"]))
+    assert "replicas" not in objs["Deployment"]["spec"]
+    hpa = objs["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 3)
+    assert hpa["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "vllm_num_requests_running"},
+                "target": {"type": "AverageValue", "averageValue": "2"},
+            },
+        }
+    ]
+    assert "PodDisruptionBudget" not in objs
+    cpu = _render(spec(autoscaling={"enabled": True, "maxReplicas": 3, "targetCPUUtilizationPercentage": 70}))
+    metric = cpu["HorizontalPodAutoscaler"]["spec"]["metrics"][0]
+    assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+
+
+def test_replicas_pdb_pvc_auth() -> None:
+    objs = _render(spec(**SPECS["everything"]), _pool_nodes())
+    assert objs["Deployment"]["spec"]["replicas"] == 3
+    assert objs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    pvc = objs["PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == "demo-cache"
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "30Gi"}},
+        "storageClassName": "fast",
+    }
+    pod = _pod(objs)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "demo-cache"}
+    assert volumes["api-keys"]["secret"]["secretName"] == "keys"
+    mount = next(m for m in _container(objs)["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] is True
+    assert pod["nodeSelector"] == {"pool": "ml"}
+    labels = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "ml" and labels["app.kubernetes.io/instance"] == "demo"
+    assert _container(objs)["imagePullPolicy"] == "Always"
+
+
+def test_network_policy() -> None:
+    default = _render(spec())["NetworkPolicy"]["spec"]
+    assert default["policyTypes"] == ["Ingress", "Egress"]
+    assert default["ingress"] == [
+        {"from": [{"podSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    ]
+    egress_ports = sorted((p["port"], p["protocol"]) for rule in default["egress"] for p in rule["ports"])
+    assert egress_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP")]
+    custom = _render(spec(**SPECS["everything"]), [])["NetworkPolicy"]["spec"]
+    assert custom["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {"matchLabels": {"app": "x"}}}
+    ]
+    assert custom["ingress"][1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    service = _render(spec(**SPECS["everything"]), [])["Service"]["spec"]
+    assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(
+    ("uri", "fmt", "expected"),
+    [
+        ("tiny://gguf?quantization=q8_0", "gguf", "tiny-q8_0.gguf"),
+        ("tiny://onnx", "onnx", "tiny-onnx"),
+        (
+            "hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+            "gguf",
+            "qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        ),
+        ("https://example.org/files/model.gguf?download=true", "gguf", "model.gguf"),
+        (
+            "hf://microsoft/Phi-3.5-mini-instruct-onnx/cpu_and_mobile/cpu-int4-awq-block-128-acc-level-4",
+            "onnx",
+            "cpu-int4-awq-block-128-acc-level-4",
+        ),
+        ("file:///data/weights", "gguf", "weights.gguf"),
+    ],
+)
+def test_model_file_names(uri: str, fmt: str, expected: str) -> None:
+    assert model_file_name(uri, fmt) == expected
+
+
+def test_render_is_deterministic() -> None:
+    the_spec = spec(**SPECS["everything"])
+    assert _render(the_spec, _pool_nodes()) == _render(the_spec, _pool_nodes())
+
+
+def test_render_cli_gpu_example(capsys: Any) -> None:
+    nodes = ROOT / "tests" / "operator" / "data" / "nodes.yaml"
+    assert main(["render", "-f", str(ROOT / "examples" / "gpu.yaml"), "--nodes", str(nodes)]) == 0
+    out = capsys.readouterr().out
+    objs = {d["kind"]: d for d in yaml.safe_load_all(out)}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"} <= set(objs)
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    keys = {e["key"] for e in terms[0]["matchExpressions"]}
+    assert keys == {"nvidia.com/gpu.product", "nvidia.com/gpu.memory"}
+    assert "replicas" not in objs["Deployment"]["spec"]
+    # deterministic: the same input prints the same bytes
+    main(["render", "-f", str(ROOT / "examples" / "gpu.yaml"), "--nodes", str(nodes)])
+    assert capsys.readouterr().out == out
+
+
+def test_render_cli_offline_and_errors(capsys: Any, tmp_path: Any) -> None:
+    assert main(["render", "-f", str(ROOT / "examples" / "gpu.yaml")]) == 0
+    objs = {d["kind"]: d for d in yaml.safe_load_all(capsys.readouterr().out)}
+    assert (
+        objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"
+        ]
+        == "1"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "slm.dev/v1alpha1",
+                "kind": "SLMDeployment",
+                "metadata": {"name": "x"},
+                "spec": {"model": {"name": "x"}},
+            }
+        )
+    )
+    assert main(["render", "-f", str(bad)]) == 1
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_busy_gpus_render_cpu_fallback() -> None:
+    pods = [pod_on("gpu-node-1", {"nvidia.com/gpu": "1"}), pod_on("gpu-node-2", {"nvidia.com/gpu": "1"})]
+    the_spec = spec(model=PHI)
+    placement = place(the_spec, bed_nodes(), pods)
+    objs = {o["kind"]: o for o in render_all(RenderContext(name="d", spec=the_spec, placement=placement))}
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert "affinity" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["requests"]
+    assert "namespace" not in objs["Deployment"]["metadata"]
