@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 
@@ -595,3 +596,41 @@ def test_gitops_example_models_match_the_crd() -> None:
                 jsonschema.Draft4Validator(schema).validate(doc)
                 checked += 1
     assert checked >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# PromQL: every alert and dashboard query parses
+
+
+def _dashboard_exprs(tmp_path: Path) -> list[str]:
+    configmap = one(render(MONITORING_ON, tmp_path), "ConfigMap")
+    dashboard = json.loads(configmap["data"]["slm-runtime.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def test_alert_expressions_are_valid_promql(tmp_path: Path) -> None:
+    rule = one(render(MONITORING_ON, tmp_path), "PrometheusRule")
+    for group in rule["spec"]["groups"]:
+        for alert in group["rules"]:
+            try:
+                promql_parser.parse(alert["expr"])
+            except ValueError as error:
+                pytest.fail(f"{alert['alert']}: {error}\n{alert['expr']}")
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    grafana_variables = {"$__rate_interval": "5m", "$namespace": ".*", "$slmdeployment": ".*"}
+    exprs = _dashboard_exprs(tmp_path)
+    assert len(exprs) >= 12
+    for expr in exprs:
+        query = expr
+        if query.startswith("label_values("):  # a Grafana function: check the selector inside
+            query = query[len("label_values(") : query.rindex(",")]
+        for variable, value in grafana_variables.items():
+            query = query.replace(variable, value)
+        try:
+            promql_parser.parse(query)
+        except ValueError as error:
+            pytest.fail(f"{error}\n{expr}")

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import yaml
 
@@ -84,3 +85,30 @@ def test_fake_accelerator_script_is_valid_bash() -> None:
         assert result.returncode == 0, result.stderr
     text = (ROOT / "hack" / "kind-fake-accelerators.sh").read_text()
     assert "--subresource=status" in text and "nvidia.com/gpu" in text
+
+
+def _flux_health(obj: dict[str, Any]) -> str:
+    """What the Flux healthCheckExprs of sync.yaml say about an SLMDeployment (as Flux orders them)."""
+    docs = _docs(GITOPS / "flux" / "sync.yaml")
+    (expr,) = next(d for d in docs if d["metadata"]["name"] == "slm-models")["spec"]["healthCheckExprs"]
+    env = celpy.Environment()
+    activation = {key: celpy.json_to_cel(value) for key, value in obj.items()}
+    for verdict in ("inProgress", "failed", "current"):
+        if env.program(env.compile(expr[verdict])).evaluate(activation):
+            return verdict
+    return "unknown"
+
+
+def _slmd(generation: int, observed: int | None, **conditions: str) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [{"type": t, "status": s} for t, s in conditions.items()]}
+    if observed is not None:
+        status["observedGeneration"] = observed
+    return {"metadata": {"name": "m", "generation": generation}, "spec": {}, "status": status}
+
+
+def test_flux_health_check_exprs() -> None:
+    assert _flux_health(_slmd(2, 2, Ready="True")) == "current"
+    assert _flux_health(_slmd(3, 2, Ready="True")) == "inProgress"
+    assert _flux_health(_slmd(2, None, Ready="True")) == "inProgress"
+    assert _flux_health(_slmd(2, 2, Ready="False", Degraded="True")) == "failed"
+    assert _flux_health(_slmd(2, 2, Ready="False", Progressing="True")) == "unknown"  # Flux keeps waiting
