@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from slm_runtime.backends.base import GenerationEvent
 from slm_runtime.errors import BadRequestError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
@@ -41,6 +43,36 @@ async def prepend(
         yield first
         async for event in rest:
             yield event
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before a non-streamed answer was ready."""
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (non-streamed requests).
+
+    Streamed responses need no help: Starlette cancels the body iterator on disconnect. A plain
+    request's handler would otherwise run its generation to the end for nobody.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done():
+            raise ClientGoneError from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 def dumps(obj: Any) -> str:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from slm_runtime.errors import OverloadedError, SlmError, UnauthorizedError
+from slm_runtime.server._common import ClientGoneError
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +70,6 @@ def error_response(exc: BaseException, flavour: Flavour) -> Response:
 
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for SlmError, HTTPException and anything unexpected."""
+    if isinstance(exc, ClientGoneError):  # nobody will read it; nginx's "client closed request"
+        return Response(status_code=499)
     return error_response(exc, flavour_of(request.url.path))

@@ -24,7 +24,7 @@ from slm_runtime.backends.base import (
     ModelInfo,
     ResponseFormat,
 )
-from slm_runtime.server._common import dumps, parse_body, prepend
+from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
 from slm_runtime.server.schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
@@ -100,7 +100,7 @@ async def _run(
     started = time.perf_counter_ns()
     model = body.model
     if not body.stream:
-        text, finish = await service.complete(gen)
+        text, finish = await until_disconnect(request, service.complete(gen))
         total = time.perf_counter_ns() - started
         return JSONResponse(
             {"model": model, "created_at": _now(), **chunk(text), **_final(model, finish, 0, total)}

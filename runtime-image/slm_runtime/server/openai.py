@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from slm_runtime.backends.base import FinishEvent, GenerationEvent, GenerationRequest, ResponseFormat
 from slm_runtime.errors import BadRequestError, SlmError
-from slm_runtime.server._common import dumps, parse_body, prepend
+from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
 from slm_runtime.server.errors import error_body
 from slm_runtime.server.schemas import (
     OpenAIChatRequest,
@@ -98,6 +98,7 @@ def _sse(obj: Any) -> str:
 
 async def _run(
     service: Service,
+    request: Request,
     body: _OpenAISampling,
     gen: GenerationRequest,
     *,
@@ -110,7 +111,7 @@ async def _run(
     created = int(time.time())
     model = body.model
     if not body.stream:
-        text, finish = await service.complete(gen)
+        text, finish = await until_disconnect(request, service.complete(gen))
         return JSONResponse(
             {
                 "id": cid,
@@ -171,6 +172,7 @@ def routes(service: Service) -> list[BaseRoute]:
         gen = _request(service, body, prompt, body.max_completion_tokens or body.max_tokens)
         return await _run(
             service,
+            request,
             body,
             gen,
             obj="chat.completion",
@@ -206,6 +208,7 @@ def routes(service: Service) -> list[BaseRoute]:
         echo = prompts[0] if body.echo else ""
         return await _run(
             service,
+            request,
             body,
             gen,
             obj="text_completion",
