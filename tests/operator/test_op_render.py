@@ -161,6 +161,13 @@ def test_fetch_then_serve_commands() -> None:
     assert runtime["image"] == fetch["image"] == DEFAULT_IMAGE
 
 
+def test_onnx_archive_is_extracted() -> None:
+    variants = [{"format": "onnx", "quantization": "INT4", "uri": "https://example.org/m-int4.tgz"}]
+    objs = _render(spec(model={"name": "m", "variants": variants}, hardware={"preference": ["cpu"]}))
+    assert _container(objs, "fetch-model")["args"][-3:] == ["--dest", "/models/m-int4", "--extract"]
+    assert _container(objs)["args"][-1] == "/models/m-int4"
+
+
 def test_image_precedence() -> None:
     assert _container(_render(spec(), default_image="op/rt:2"))["image"] == "op/rt:2"
     assert _container(_render(spec(image="spec/rt:3"), default_image="op/rt:2"))["image"] == "spec/rt:3"
@@ -285,6 +292,7 @@ def test_network_policy() -> None:
             "cpu-int4-awq-block-128-acc-level-4",
         ),
         ("file:///data/weights", "gguf", "weights.gguf"),
+        ("https://example.org/phi-onnx-int4.tar.gz", "onnx", "phi-onnx-int4"),
     ],
 )
 def test_model_file_names(uri: str, fmt: str, expected: str) -> None:

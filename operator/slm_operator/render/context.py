@@ -16,6 +16,7 @@ CONFIG_DIR = "/etc/slm"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 CONFIG_HASH_ANNOTATION = "slm.dev/config-hash"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 IN_FLIGHT_METRIC = "vllm_num_requests_running"
 """Per-pod custom metric the HPA reads; a metrics adapter must expose the runtime's gauge under it."""
 
@@ -51,11 +52,17 @@ class RenderContext:
         return f"{MODELS_DIR}/{self.model_file}"
 
 
+def is_archive(uri: str) -> bool:
+    """Whether the fetch step must unpack the download (ONNX models travel as tar archives)."""
+    return urlsplit(uri).path.endswith(ARCHIVE_SUFFIXES)
+
+
 def model_file_name(uri: str, fmt: str) -> str:
     """File (GGUF) or folder (ONNX) name under /models for a variant's URI.
 
     `tiny://gguf?quantization=q8_0` becomes `tiny-q8_0.gguf`, `tiny://onnx` becomes `tiny-onnx`,
-    anything else its last path segment without the query string.
+    anything else its last path segment without the query string (and without an archive suffix:
+    `slm-runtime fetch --extract` unpacks `.tar`/`.tar.gz`/`.tgz` archives into that folder).
     """
     parts = urlsplit(uri)
     if parts.scheme == "tiny":
@@ -64,6 +71,8 @@ def model_file_name(uri: str, fmt: str) -> str:
         base = "-".join(p for p in ("tiny", quant.lower() if kind == "gguf" else kind) if p)
         return f"{base}.gguf" if kind == "gguf" else base
     segment = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.netloc
+    for suffix in ARCHIVE_SUFFIXES:
+        segment = segment.removesuffix(suffix)
     safe = re.sub(r"[^A-Za-z0-9._-]", "-", segment).strip(".-") or "model"
     if fmt == "gguf" and not safe.endswith(".gguf"):
         safe += ".gguf"

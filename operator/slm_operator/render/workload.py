@@ -21,6 +21,7 @@ from slm_operator.render.context import (
     MODELS_DIR,
     RUNTIME_PORT,
     RenderContext,
+    is_archive,
 )
 from slm_operator.render.metadata import object_meta, selector_labels, standard_labels
 
@@ -56,6 +57,8 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
     if variant.sha256:
         args += ["--sha256", variant.sha256.lower()]
     args += ["--dest", ctx.model_path]
+    if is_archive(variant.uri):
+        args.append("--extract")
     container: dict[str, Any] = {
         "name": "fetch-model",
         "image": ctx.image,

@@ -1,0 +1,1 @@
+"""Reconciliation: the pure plan and status computation, the reconcile itself, and kopf wiring."""

@@ -1,0 +1,214 @@
+"""kopf wiring, kept thin: each handler turns kopf's arguments into plain dicts, calls the pure
+reconcile machinery, posts Events, and maps the operator's errors to kopf's once.
+
+Triggers, all running the same level-based reconcile:
+- create/update/resume of an SLMDeployment;
+- a periodic resync (`--resync-seconds`, default 60) that also re-places when nodes change; it is an
+  operator-level loop started at startup rather than a kopf timer, so no finalizer is put on objects;
+- events of owned children (label `app.kubernetes.io/managed-by=slm-operator`): a deleted child, or
+  one whose fields differ from what was last applied, is re-applied at once (drift correction);
+  Deployment events also refresh `status.readyReplicas` and the Ready/Progressing conditions.
+
+Error mapping: invalid or unsatisfiable spec -> Degraded + Event + `kopf.PermanentError` (nothing
+applied); no capacity right now -> Degraded `NoCapacity` + `TemporaryError(60s)`; missing API key
+Secret -> Degraded `SecretNotFound` + `TemporaryError(30s)`; API failures -> `TemporaryError(10s)`.
+kopf keeps its bookkeeping in `slm.dev/*` annotations, never in `.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from slm_operator.api import GROUP, PLURAL, VERSION
+from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SlmOperatorError, SpecError
+from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.plan import (
+    CHILD_KINDS,
+    Obj,
+    Owner,
+    child_owner,
+    comparable,
+    count_by_kind,
+    drifted,
+    is_controlled_by,
+    key_of,
+)
+from slm_operator.reconcile.reconciler import Event, reconcile, report_failure
+from slm_operator.reconcile.status import now_rfc3339, observed_status
+from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
+
+log = logging.getLogger("slm_operator")
+ANNOTATION_PREFIX = "slm.dev"
+PLURALS = {
+    "ServiceAccount": "serviceaccounts",
+    "ConfigMap": "configmaps",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Service": "services",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
+}
+RETRY_DELAYS = {"NoCapacity": 60.0, "SecretNotFound": 30.0, "KubernetesAPIError": 10.0}
+
+
+def plain(value: Any) -> Any:
+    """kopf's read-only body views as plain dicts/lists (the parsing boundary)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def context_of(memo: Any) -> OperatorContext:
+    ctx = memo.ctx
+    assert isinstance(ctx, OperatorContext)
+    return ctx
+
+
+def kopf_error(err: SlmOperatorError) -> Exception:
+    """Map one of our errors to kopf's retry semantics."""
+    if isinstance(err, PlacementError) and err.retryable:
+        return kopf.TemporaryError(str(err), delay=RETRY_DELAYS["NoCapacity"])
+    if isinstance(err, SpecError):
+        return kopf.PermanentError(str(err))
+    if isinstance(err, SecretNotFoundError | KubeError):
+        return kopf.TemporaryError(str(err), delay=RETRY_DELAYS.get(err.reason, 10.0))
+    return kopf.TemporaryError(str(err), delay=10.0)
+
+
+def post(body: Obj, events: list[Event]) -> None:
+    """Post Events on the SLMDeployment through kopf (best effort: never fails a reconcile)."""
+    target = kopf.Body(cast(kopf.RawBody, body))
+    for kind, reason, message in events:
+        try:
+            if kind == "Warning":
+                kopf.warn(target, reason=reason, message=message)
+            else:
+                kopf.info(target, reason=reason, message=message)
+        except LookupError:  # outside kopf's posting context (e.g. unit tests): log only
+            log.info("event %s %s: %s", kind, reason, message)
+
+
+def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
+    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure."""
+    owner = Owner.from_body(body)
+    with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
+        ctx.metrics.reconciles.labels(trigger=trigger).inc()
+        try:
+            outcome = reconcile(body, ctx.cluster, image=ctx.settings.runtime_image)
+        except SlmOperatorError as err:
+            ctx.metrics.errors.labels(reason=err.reason).inc()
+            log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)
+            if not isinstance(err, KubeError):
+                try:
+                    post(body, report_failure(body, err, ctx.cluster))
+                except KubeError as status_err:
+                    log.warning("could not report the failure: %s", status_err)
+            raise kopf_error(err) from err
+    ctx.applied.remember(outcome.desired)
+    ctx.metrics.record_children((owner.namespace, owner.name), count_by_kind(outcome.applied))
+    post(body, outcome.events)
+
+
+def on_change(body: Any, memo: Any, **_: Any) -> None:
+    """create / update / resume of an SLMDeployment."""
+    run_reconcile(context_of(memo), plain(body), "change")
+
+
+def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+    """A managed child changed or vanished: restore it, or refresh status from the Deployment."""
+    ctx = context_of(memo)
+    obj = plain(body)
+    ref = child_owner(obj)
+    if ref is None:
+        return
+    owner_body = ctx.cluster.get_slmdeployment(*ref)
+    if owner_body is None or (owner_body.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    owner = Owner.from_body(owner_body)
+    if not is_controlled_by(obj, owner):
+        return
+    key = key_of(obj)
+    desired = ctx.applied.get(key)
+    if type == "DELETED" or (desired is not None and drifted(desired, comparable(obj))):
+        what = "deleted" if type == "DELETED" else "edited"
+        log.info("%s %s/%s was %s; re-applying", obj.get("kind"), key[2], key[3], what)
+        try:
+            run_reconcile(ctx, owner_body, "drift")
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            log.warning("drift correction failed: %s", err)
+            return
+        post(owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")])
+        return
+    if obj.get("kind") == "Deployment":
+        update = observed_status(obj, owner_body.get("status") or {}, now_rfc3339())
+        if update is not None:
+            ctx.cluster.patch_status(owner.namespace, owner.name, update)
+
+
+async def resync_forever(ctx: OperatorContext) -> None:
+    """Periodic level-based reconcile of every SLMDeployment (drift, node inventory changes)."""
+    interval = ctx.settings.resync_seconds
+    while True:
+        await asyncio.sleep(interval)
+        namespaces: list[str | None] = list(ctx.settings.namespaces) or [None]
+        for namespace in namespaces:
+            try:
+                bodies = await asyncio.to_thread(ctx.cluster.list_slmdeployments, namespace)
+            except KubeError as err:
+                log.warning("resync: %s", err)
+                continue
+            for body in bodies:
+                if (body.get("metadata") or {}).get("deletionTimestamp"):
+                    continue
+                try:
+                    await asyncio.to_thread(run_reconcile, ctx, body, "resync")
+                except (kopf.PermanentError, kopf.TemporaryError) as err:
+                    log.info("resync of %s: %s", (body.get("metadata") or {}).get("name"), err)
+
+
+async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Annotations (not .status) for kopf's state, quiet logging Events, metrics, the resync loop."""
+    ctx = context_of(memo)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    ctx.metrics.serve(ctx.settings.metrics_port)
+    if ctx.settings.resync_seconds > 0:
+        memo.resync_task = asyncio.create_task(resync_forever(ctx))
+
+
+async def on_cleanup(memo: Any, **_: Any) -> None:
+    task = getattr(memo, "resync_task", None)
+    if task is not None:
+        task.cancel()
+
+
+def on_login(**kwargs: Any) -> Any:
+    """Credentials from the in-cluster ServiceAccount or $KUBECONFIG, via the kubernetes client."""
+    return kopf.login_via_client(**kwargs)
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """A fresh registry with every handler (no import-time registration into kopf's default one)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry)(on_startup)
+    kopf.on.cleanup(registry=registry)(on_cleanup)
+    kopf.on.login(registry=registry)(on_login)
+    for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        cause(GROUP, VERSION, PLURAL, registry=registry)(on_change)
+    for api_version, kind in CHILD_KINDS:
+        group, _, version = api_version.rpartition("/")
+        kopf.on.event(
+            group, version, PLURALS[kind], labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry
+        )(on_child_event)
+    return registry

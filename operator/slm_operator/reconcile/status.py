@@ -1,0 +1,180 @@
+"""Pure status computation: conditions (with observedGeneration and stable transition times),
+readiness from the owned Deployment, and the failure status for each error family."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from slm_operator.errors import SlmOperatorError
+from slm_operator.placement import Placement
+from slm_operator.render import endpoints, selector_labels
+
+Status = dict[str, Any]
+Condition = dict[str, Any]
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(kind: str, status: bool, reason: str, message: str, generation: int) -> Condition:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Condition], timestamp: str
+) -> list[Condition]:
+    """New conditions keep the old lastTransitionTime when their status did not change."""
+    previous = {c.get("type"): c for c in old}
+    merged = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        unchanged = before is not None and before.get("status") == cond["status"]
+        since = before.get("lastTransitionTime") if unchanged and before is not None else None
+        merged.append({**cond, "lastTransitionTime": since or timestamp})
+    kinds = {c["type"] for c in new}
+    merged += [dict(c) for c in old if c.get("type") not in kinds]
+    return sorted(merged, key=lambda c: str(c["type"]))
+
+
+def deployment_conditions(
+    deployment: Mapping[str, Any] | None, generation: int
+) -> tuple[list[Condition], int, int]:
+    """Ready and Progressing (plus Degraded on a missed progress deadline) from the Deployment.
+
+    Ready is True when the Deployment controller has seen the latest template (observedGeneration)
+    and at least the desired number of pods are updated and available. Returns (conditions,
+    desired replicas, ready replicas).
+    """
+    if deployment is None:
+        return (
+            [
+                condition(
+                    "Ready", False, "DeploymentMissing", "the Deployment does not exist yet", generation
+                ),
+                condition("Progressing", True, "Creating", "creating the Deployment", generation),
+            ],
+            0,
+            0,
+        )
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    counts = f"{available}/{desired} pods available, {updated} updated"
+    conds: list[Condition] = []
+    if desired == 0:
+        conds.append(condition("Ready", False, "ScaledToZero", "no pods are wanted", generation))
+    elif current and updated >= desired and available >= desired:
+        conds.append(condition("Ready", True, "PodsAvailable", counts, generation))
+    else:
+        conds.append(condition("Ready", False, "PodsNotReady", counts, generation))
+    deadline = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in status.get("conditions") or ()
+    )
+    rolling = not current or updated < desired or total > updated or available < desired
+    if deadline:
+        conds.append(condition("Progressing", False, "ProgressDeadlineExceeded", counts, generation))
+        conds.append(
+            condition("Degraded", True, "ProgressDeadlineExceeded", f"rollout stalled: {counts}", generation)
+        )
+    elif rolling:
+        conds.append(condition("Progressing", True, "RollingOut", counts, generation))
+    else:
+        conds.append(condition("Progressing", False, "RolloutComplete", counts, generation))
+    return conds, desired, ready
+
+
+def reconciled_status(
+    *,
+    name: str,
+    namespace: str,
+    generation: int,
+    port: int,
+    placement: Placement,
+    deployment: Mapping[str, Any] | None,
+    old: Mapping[str, Any] | None,
+    timestamp: str,
+) -> Status:
+    """Status after a successful apply."""
+    conds, desired, ready = deployment_conditions(deployment, generation)
+    if not any(c["type"] == "Degraded" for c in conds):
+        reason = "FallbackPlacement" if placement.skipped else "Reconciled"
+        conds.append(condition("Degraded", False, reason, placement.message, generation))
+    variant = placement.variant
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions((old or {}).get("conditions") or (), conds, timestamp),
+        "hardware": placement.hardware,
+        "variant": {"format": variant.format, "quantization": variant.quantization, "uri": variant.uri},
+        "endpoints": endpoints(name, namespace, port),
+        "replicas": desired,
+        "readyReplicas": ready,
+        "selector": ",".join(f"{k}={v}" for k, v in selector_labels(name).items()),
+        "message": placement.message,
+    }
+
+
+def failed_status(
+    error: SlmOperatorError, *, generation: int, old: Mapping[str, Any] | None, timestamp: str
+) -> Status:
+    """Status when nothing could be applied: Degraded with the error's reason, Ready unchanged if known."""
+    message = str(error)
+    conds = [
+        condition("Degraded", True, error.reason, message, generation),
+        condition("Progressing", False, error.reason, message, generation),
+    ]
+    previous = (old or {}).get("conditions") or ()
+    if not any(c.get("type") == "Ready" for c in previous):
+        conds.append(condition("Ready", False, error.reason, message, generation))
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous, conds, timestamp),
+        "message": message,
+    }
+
+
+def observed_status(deployment: Mapping[str, Any], old: Mapping[str, Any], timestamp: str) -> Status | None:
+    """Status update from a watched Deployment event, or None when nothing changes.
+
+    Conditions carry the generation the operator last reconciled (status.observedGeneration), not
+    the newest one, because the Deployment reflects what was applied for that generation.
+    """
+    generation = int(old.get("observedGeneration") or 0)
+    conds, desired, ready = deployment_conditions(deployment, generation)
+    previous = old.get("conditions") or ()
+    degraded_before = next((c for c in previous if c.get("type") == "Degraded"), None)
+    stalled_before = (
+        degraded_before is not None and degraded_before.get("reason") == "ProgressDeadlineExceeded"
+    )
+    if stalled_before and not any(c["type"] == "Degraded" for c in conds):
+        conds.append(condition("Degraded", False, "Recovered", "rollout progressing again", generation))
+    update = {
+        "conditions": merge_conditions(previous, conds, timestamp),
+        "replicas": desired,
+        "readyReplicas": ready,
+    }
+    if all(old.get(k) == v for k, v in update.items()):
+        return None
+    return update
+
+
+def condition_message(status: Mapping[str, Any] | None, kind: str) -> str | None:
+    for cond in (status or {}).get("conditions") or ():
+        if cond.get("type") == kind:
+            return str(cond.get("message"))
+    return None

@@ -1,0 +1,414 @@
+"""The reconciler without a cluster: the pure plan, status computation, and one reconcile against a
+fake API (the same protocol `slm_operator.kube.Kube` implements)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+from op_support import bed_nodes, gguf, pod_on
+
+from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SpecError
+from slm_operator.metrics import Metrics
+from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.handlers import build_registry, kopf_error, on_child_event, plain, run_reconcile
+from slm_operator.reconcile.plan import (
+    Owner,
+    drifted,
+    foreign_pods,
+    key_of,
+    owned,
+    prune_plan,
+)
+from slm_operator.reconcile.reconciler import reconcile, report_failure
+from slm_operator.reconcile.status import deployment_conditions, merge_conditions, observed_status
+from slm_operator.settings import Settings
+
+Obj = dict[str, Any]
+UID = "0000-1111"
+
+
+def _body(
+    spec: Obj | None = None, *, name: str = "demo", generation: int = 1, status: Obj | None = None
+) -> Obj:
+    return {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": name, "namespace": "ns", "uid": UID, "generation": generation},
+        "spec": spec or {"model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}},
+        **({"status": status} if status is not None else {}),
+    }
+
+
+class FakeCluster:
+    """In-memory API: apply stores objects (the Deployment gets a status), delete removes them."""
+
+    def __init__(self, nodes: list[Obj] | None = None, pods: list[Obj] | None = None) -> None:
+        self.nodes = bed_nodes() if nodes is None else nodes
+        self.pods = pods or []
+        self.objects: dict[tuple[str, str, str, str], Obj] = {}
+        self.secrets: dict[tuple[str, str], Obj] = {}
+        self.status_patches: list[Obj] = []
+        self.applies: list[Obj] = []
+        self.deletes: list[Obj] = []
+        self.owner: Obj | None = None
+
+    def list_nodes(self) -> list[Obj]:
+        return copy.deepcopy(self.nodes)
+
+    def list_pods(self) -> list[Obj]:
+        return copy.deepcopy(self.pods)
+
+    def read_secret(self, namespace: str, name: str) -> Obj | None:
+        return self.secrets.get((namespace, name))
+
+    def apply(self, obj: Obj) -> Obj:
+        self.applies.append(obj)
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["generation"] = 1
+        if obj["kind"] == "Deployment":
+            stored["status"] = {"observedGeneration": 1, "replicas": 0}
+        self.objects[key_of(obj)] = stored
+        return copy.deepcopy(stored)
+
+    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+        key, _, value = selector.partition("=")
+        return [
+            copy.deepcopy(o)
+            for (av, k, ns, _n), o in self.objects.items()
+            if (av, k, ns) == (api_version, kind, namespace) and o["metadata"]["labels"].get(key) == value
+        ]
+
+    def delete(self, obj: Obj) -> None:
+        self.deletes.append(obj)
+        self.objects.pop(key_of(obj), None)
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.status_patches.append(status)
+        if self.owner is not None:
+            self.owner.setdefault("status", {}).update(copy.deepcopy(status))
+
+    def get_slmdeployment(self, namespace: str, name: str) -> Obj | None:
+        return copy.deepcopy(self.owner)
+
+    def list_slmdeployments(self, namespace: str | None = None) -> list[Obj]:
+        return [copy.deepcopy(self.owner)] if self.owner else []
+
+    def kinds(self) -> list[str]:
+        return sorted(k for _, k, _, _ in self.objects)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def test_owned_children_carry_a_controller_reference() -> None:
+    owner = Owner.from_body(_body())
+    children = owned([{"kind": "Service", "apiVersion": "v1", "metadata": {"name": "demo"}}], owner)
+    assert children[0]["metadata"]["namespace"] == "ns"
+    assert children[0]["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "slm.dev/v1alpha1",
+            "kind": "SLMDeployment",
+            "name": "demo",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _child(kind: str, name: str = "demo", *, uid: str = UID, label: str = "demo") -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {"slm.dev/deployment": label},
+            "ownerReferences": [{"uid": uid, "controller": True}],
+        },
+    }
+
+
+def test_prune_plan_only_removes_unwanted_owned_children() -> None:
+    owner = Owner.from_body(_body())
+    desired = [_child("Service"), _child("ConfigMap", "demo-runtime")]
+    existing = [
+        *desired,
+        _child("PodDisruptionBudget"),
+        _child("HorizontalPodAutoscaler"),
+        _child("ConfigMap", "other", uid="someone-else"),
+        _child("Secret", "x", label="another"),
+    ]
+    stale = prune_plan(desired, existing, owner)
+    assert [o["kind"] for o in stale] == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
+
+
+def test_foreign_pods_leave_out_the_owners_pods() -> None:
+    owner = Owner.from_body(_body())
+    mine = pod_on("gpu-node-1", {"nvidia.com/gpu": "1"}, labels={"slm.dev/deployment": "demo"})
+    mine["metadata"]["namespace"] = "ns"
+    theirs = pod_on("gpu-node-2", {"nvidia.com/gpu": "1"}, labels={"slm.dev/deployment": "demo"})
+    assert foreign_pods([mine, theirs], owner) == [theirs]
+
+
+def test_drift_detection() -> None:
+    desired = {"spec": {"ports": [{"port": 8080, "name": "http"}], "selector": {"a": "b"}}}
+    live = {
+        "spec": {"ports": [{"port": 8080, "name": "http", "protocol": "TCP"}], "selector": {"a": "b"}, "x": 1}
+    }
+    assert not drifted(desired, live)
+    assert drifted(desired, {"spec": {"ports": [{"port": 9090, "name": "http"}], "selector": {"a": "b"}}})
+    assert drifted(desired, {"spec": {"ports": [], "selector": {"a": "b"}}})
+    assert drifted(desired, {"spec": {"ports": [{"port": 8080, "name": "http"}]}})
+    assert not drifted({"cpu": "2"}, {"cpu": 2})
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def _deployment(wanted: int = 2, *, generation: int = 3, **status: int) -> Obj:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": wanted},
+        "status": {"observedGeneration": status.pop("observed", generation), **status},
+    }
+
+
+@pytest.mark.parametrize(
+    ("deployment", "ready", "progressing"),
+    [
+        (
+            _deployment(2, replicas=2, updatedReplicas=2, readyReplicas=2, availableReplicas=2),
+            "True",
+            "False",
+        ),
+        (
+            _deployment(2, replicas=3, updatedReplicas=1, readyReplicas=2, availableReplicas=2),
+            "False",
+            "True",
+        ),
+        (
+            _deployment(2, replicas=2, updatedReplicas=2, readyReplicas=1, availableReplicas=1),
+            "False",
+            "True",
+        ),
+        (
+            _deployment(2, observed=2, replicas=2, updatedReplicas=2, readyReplicas=2, availableReplicas=2),
+            "False",
+            "True",
+        ),
+        (_deployment(0), "False", "False"),
+        (None, "False", "True"),
+    ],
+)
+def test_deployment_conditions(deployment: Obj | None, ready: str, progressing: str) -> None:
+    conds, _, _ = deployment_conditions(deployment, 5)
+    by_type = {c["type"]: c for c in conds}
+    assert by_type["Ready"]["status"] == ready
+    assert by_type["Progressing"]["status"] == progressing
+    assert all(c["observedGeneration"] == 5 for c in conds)
+
+
+def test_progress_deadline_is_degraded() -> None:
+    deployment = _deployment(1, replicas=1, updatedReplicas=1, availableReplicas=0)
+    deployment["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    ]
+    conds, _, _ = deployment_conditions(deployment, 1)
+    assert {c["type"]: c["status"] for c in conds} == {
+        "Ready": "False",
+        "Progressing": "False",
+        "Degraded": "True",
+    }
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = merge_conditions([], [{"type": "Ready", "status": "False", "reason": "A"}], "t1")
+    second = merge_conditions(first, [{"type": "Ready", "status": "False", "reason": "B"}], "t2")
+    third = merge_conditions(second, [{"type": "Ready", "status": "True", "reason": "C"}], "t3")
+    assert [c["lastTransitionTime"] for c in (first[0], second[0], third[0])] == ["t1", "t1", "t3"]
+
+
+def test_observed_status_is_quiet_when_nothing_changes() -> None:
+    deployment = _deployment(1, replicas=1, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
+    update = observed_status(deployment, {"observedGeneration": 4}, "t1")
+    assert update is not None and update["readyReplicas"] == 1
+    assert {c["type"]: c["observedGeneration"] for c in update["conditions"]} == {
+        "Ready": 4,
+        "Progressing": 4,
+    }
+    assert observed_status(deployment, {"observedGeneration": 4, **update}, "t2") is None
+
+
+# --- reconcile ----------------------------------------------------------------------------------
+
+
+def test_reconcile_applies_children_and_reports_status() -> None:
+    cluster = FakeCluster()
+    outcome = reconcile(_body(), cluster, image="img:1", timestamp="t0")
+    assert cluster.kinds() == ["ConfigMap", "Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+    for obj in cluster.applies:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert obj["metadata"]["namespace"] == "ns"
+    status = cluster.status_patches[-1]
+    assert status["observedGeneration"] == 1
+    assert status["hardware"] == "gpu" and status["variant"]["quantization"] == "Q4_K_M"
+    assert status["endpoints"] == {
+        "openai": "http://demo.ns.svc.cluster.local:8080/v1",
+        "ollama": "http://demo.ns.svc.cluster.local:8080",
+    }
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "False" and conditions["Progressing"]["status"] == "True"
+    assert conditions["Degraded"]["status"] == "False" and conditions["Degraded"]["reason"] == "Reconciled"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    assert [e[1] for e in outcome.events] == ["Placed"]
+
+
+def test_fallback_is_reported_in_condition_and_event() -> None:
+    busy = [pod_on(f"gpu-node-{i}", {"nvidia.com/gpu": "1"}) for i in (1, 2)]
+    cluster = FakeCluster(pods=busy)
+    outcome = reconcile(_body(), cluster)
+    assert outcome.status["hardware"] == "cpu"
+    degraded = next(c for c in outcome.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False" and degraded["reason"] == "FallbackPlacement"
+    assert "gpu: nodes that fit the model have no free" in degraded["message"]
+    assert [e[1] for e in outcome.events] == ["Placed", "FallbackPlacement"]
+
+
+def test_reconcile_is_idempotent_and_quiet() -> None:
+    cluster = FakeCluster()
+    first = reconcile(_body(), cluster, timestamp="t0")
+    again = reconcile(_body(status=first.status), cluster, timestamp="t1")
+    assert again.desired == first.desired and again.pruned == [] and again.events == []
+    assert cluster.status_patches[-1]["conditions"] == first.status["conditions"]
+
+
+def test_reconcile_prunes_hpa_and_pdb_when_no_longer_wanted() -> None:
+    cluster = FakeCluster()
+    model = {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}
+    scaled = {
+        "model": model,
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
+    }
+    reconcile(_body(scaled), cluster)
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(cluster.kinds())
+    outcome = reconcile(_body({"model": model}, generation=2), cluster)
+    assert sorted(o["kind"] for o in outcome.pruned) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert "HorizontalPodAutoscaler" not in cluster.kinds()
+
+
+def test_missing_secret_applies_nothing() -> None:
+    cluster = FakeCluster()
+    spec = {"model": {"name": "m", "variants": gguf("Q4_K_M")}, "auth": {"apiKeySecretRef": {"name": "keys"}}}
+    with pytest.raises(SecretNotFoundError) as caught:
+        reconcile(_body(spec), cluster)
+    assert cluster.applies == []
+    events = report_failure(_body(spec), caught.value, cluster, timestamp="t")
+    degraded = next(c for c in cluster.status_patches[-1]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "SecretNotFound"
+    assert events == [("Warning", "SecretNotFound", str(caught.value))]
+    # The same failure again: status refreshed, no new Event.
+    assert report_failure(_body(spec, status=cluster.status_patches[-1]), caught.value, cluster) == []
+    cluster.secrets[("ns", "keys")] = {"data": {"api-key": "c2VjcmV0"}}
+    reconcile(_body(spec), cluster)
+    assert "Deployment" in cluster.kinds()
+
+
+def test_unsatisfiable_spec_applies_nothing() -> None:
+    cluster = FakeCluster()
+    spec = {"model": {"name": "m", "variants": gguf("Q4_K_M")}, "hardware": {"preference": ["npu"]}}
+    with pytest.raises(PlacementError) as caught:
+        reconcile(_body(spec), cluster)
+    assert cluster.applies == [] and not caught.value.retryable
+    assert isinstance(kopf_error(caught.value), kopf.PermanentError)
+
+
+def test_invalid_spec_is_permanent() -> None:
+    with pytest.raises(SpecError, match="invalid spec"):
+        reconcile(_body({"model": {"name": "m"}}), FakeCluster())
+    with pytest.raises(SpecError, match="at most 52"):
+        reconcile(_body(name="x" * 60), FakeCluster())
+
+
+def test_kopf_error_mapping() -> None:
+    assert isinstance(kopf_error(SpecError("x")), kopf.PermanentError)
+    busy = kopf_error(PlacementError("x", retryable=True))
+    assert isinstance(busy, kopf.TemporaryError) and busy.delay == 60
+    assert isinstance(kopf_error(SecretNotFoundError("x")), kopf.TemporaryError)
+    assert isinstance(kopf_error(KubeError("x", 500)), kopf.TemporaryError)
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def _ctx(cluster: FakeCluster) -> OperatorContext:
+    return OperatorContext(settings=Settings(runtime_image="img:2"), cluster=cluster, metrics=Metrics())
+
+
+class _Memo:
+    def __init__(self, ctx: OperatorContext) -> None:
+        self.ctx = ctx
+
+
+def test_registry_builds() -> None:
+    assert isinstance(build_registry(), kopf.OperatorRegistry)
+
+
+def test_deleted_child_is_restored() -> None:
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
+    cluster.delete(service)
+    assert "Service" not in cluster.kinds()
+    on_child_event(type="DELETED", body=service, memo=_Memo(ctx))
+    assert "Service" in cluster.kinds()
+    assert cluster.applies[-1]["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_edited_child_is_reverted_and_unchanged_is_left_alone() -> None:
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    applies = len(cluster.applies)
+    service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
+    on_child_event(type="MODIFIED", body=service, memo=_Memo(ctx))
+    assert len(cluster.applies) == applies
+    edited = copy.deepcopy(service)
+    edited["spec"]["ports"][0]["port"] = 9999
+    on_child_event(type="MODIFIED", body=edited, memo=_Memo(ctx))
+    assert len(cluster.applies) > applies
+
+
+def test_deployment_event_updates_ready() -> None:
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    deployment = copy.deepcopy(next(o for o in cluster.objects.values() if o["kind"] == "Deployment"))
+    deployment["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+    }
+    on_child_event(type="MODIFIED", body=deployment, memo=_Memo(ctx))
+    status = cluster.owner["status"]
+    assert status["readyReplicas"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+
+def test_failures_are_counted() -> None:
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    body = _body({"model": {"name": "m", "variants": gguf("Q4_K_M")}, "hardware": {"preference": ["npu"]}})
+    with pytest.raises(kopf.PermanentError):
+        run_reconcile(ctx, body, "change")
+    assert ctx.metrics.errors.labels(reason="PlacementFailed")._value.get() == 1
+    assert cluster.applies == []
