@@ -153,7 +153,8 @@ def _download(
         except (httpx.TransportError, _TruncatedError) as exc:
             last_error = exc
             log.warning("download of %s interrupted (attempt %d/%d): %s", safe_url, attempt, _ATTEMPTS, exc)
-            time.sleep(min(2.0 ** (attempt - 1) * 0.2, 5.0))
+            if attempt < _ATTEMPTS:
+                time.sleep(min(2.0 ** (attempt - 1) * 0.2, 5.0))
             continue
         _verify(part, digest, expected)
         _commit(part, dest)
@@ -169,7 +170,7 @@ class _TruncatedError(Exception):
 def _download_once(client: httpx.Client, url: str, safe_url: str, part: Path, headers: dict[str, str]) -> str:
     have = part.stat().st_size if part.exists() else 0
     digest = hashlib.sha256()
-    request_headers = dict(headers)
+    request_headers = {**headers, "Accept-Encoding": "identity"}  # bytes on disk = bytes hashed
     if have:
         request_headers["Range"] = f"bytes={have}-"
     with client.stream("GET", url, headers=request_headers) as response:
@@ -191,7 +192,7 @@ def _download_once(client: httpx.Client, url: str, safe_url: str, part: Path, he
         received = have
         last_log = time.monotonic()
         with part.open(mode) as out:
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in response.iter_raw():  # as it arrives: a dropped connection loses nothing
                 digest.update(chunk)
                 out.write(chunk)
                 received += len(chunk)
