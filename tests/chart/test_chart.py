@@ -206,7 +206,7 @@ def test_default_operator_deployment(tmp_path: Path) -> None:
     docs = render({}, tmp_path)
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
