@@ -1,6 +1,7 @@
 """`slm-operator`: print the CRD, render an SLMDeployment offline, or run the operator.
 
     slm-operator crd                                   # the CRD generated from slm_operator.api
+    slm-operator rbac                                  # the ClusterRole `run` needs
     slm-operator render -f examples/gpu.yaml [--nodes nodes.yaml] [--namespace NS] [--image IMG]
     slm-operator run [--namespace NS]... | --all-namespaces [--peering NAME | --standalone]
                      [--metrics-port 9090] [--liveness http://0.0.0.0:8081/healthz] [--resync-seconds 60]
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm-operator", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("crd", help="print the SLMDeployment CRD (YAML)")
+    sub.add_parser("rbac", help="print the ClusterRole the operator needs (YAML)")
     render = sub.add_parser("render", help="print the objects an SLMDeployment becomes, without a cluster")
     render.add_argument("-f", "--filename", required=True, help="SLMDeployment YAML file ('-' for stdin)")
     render.add_argument("--nodes", help="YAML of Node (and Pod) objects to place against")
@@ -133,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "render":
         return _render(args)
+    if args.command == "rbac":
+        from slm_operator.rbac import cluster_role  # imports kopf via the handler tables
+
+        sys.stdout.write(dump_all([cluster_role()]))
+        return 0
     return _run(args)
 
 

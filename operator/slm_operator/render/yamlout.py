@@ -9,7 +9,10 @@ import yaml
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that prints multi-line strings as literal blocks."""
+    """SafeDumper that prints multi-line strings as literal blocks and never emits &anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
