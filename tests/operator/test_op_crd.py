@@ -81,7 +81,9 @@ def test_cel_rules_have_messages_and_field_paths() -> None:
     rules = [r for _, n in _nodes(root_schema()) for r in n.get("x-kubernetes-validations", ())]
     assert len(rules) >= 10
     for rule in rules:
-        assert rule["message"] and rule["fieldPath"].startswith("."), rule
+        assert rule["message"], rule
+        if "metadata.name" not in rule["rule"]:
+            assert rule["fieldPath"].startswith("."), rule
 
 
 def test_defaults_present() -> None:

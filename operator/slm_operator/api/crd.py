@@ -117,10 +117,11 @@ def root_schema() -> Schema:
             "status": status_schema(),
         },
         CEL: [
+            # No fieldPath: the API server only accepts paths into the declared schema, and metadata
+            # is declared as a bare object.
             cel(
                 f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
                 f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that child object names fit",
-                ".metadata.name",
             )
         ],
     }
