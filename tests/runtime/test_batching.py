@@ -258,3 +258,31 @@ def test_kv_bytes_per_slot(model_path: Path) -> None:
     shape = SHAPES["tiny"]
     # layers x tokens x (K + V heads x head_dim) x f16
     assert run(model_path, 2, body) == shape.layers * 256 * 2 * shape.kv_heads * shape.head_dim * 2
+
+
+def test_embeddings_between_decode_steps(model_path: Path) -> None:
+    async def body(engine: BatchedGGUFEngine) -> tuple[list[list[float]], str]:
+        running = asyncio.create_task(complete(engine, PROMPTS[1], greedy(64)))
+        result = await engine.embed(["hello world", "the quick brown fox"])
+        text, _ = await running
+        return result.vectors, text
+
+    vectors, text = run(model_path, 2, body)
+    assert len(vectors) == 2 and len(vectors[0]) == SHAPES["tiny"].hidden
+    assert abs(sum(v * v for v in vectors[0]) - 1.0) < 1e-4
+    assert text == one_by_one(model_path, [PROMPTS[1]], greedy(64))[0]
+
+
+def test_model_info_matches_the_serial_backend(model_path: Path) -> None:
+    from slm_runtime.backends.gguf import GgufBackend
+
+    serial = GgufBackend(model_path, name="default", context_length=256, threads=1)
+    try:
+        expected = serial.load()
+    finally:
+        serial.close()
+
+    async def body(engine: BatchedGGUFEngine) -> object:
+        return engine.info
+
+    assert run(model_path, 2, body) == expected

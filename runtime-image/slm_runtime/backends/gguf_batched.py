@@ -60,7 +60,7 @@ from slm_runtime.backends.base import (
     TokenEvent,
 )
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
-from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError, UnsupportedError
+from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ T = TypeVar("T")
 FinishObserver = Callable[[GenerationRequest, FinishEvent], None]
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
+_MAX_EMBED_TOKENS = 2048
 _MIN_SHARED_PREFIX = 16
 """Shorter common prefixes are re-computed: copying cells costs more than a few prompt tokens."""
 
@@ -212,10 +213,13 @@ class BatchedGGUFEngine:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._eog: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._add_bos = True
+        self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)))
         self.kv_bytes_per_slot = 0
         self.reused_prompt_tokens = 0
         """Prompt tokens served from cached KV cells instead of being decoded (a counter)."""
-        self.capabilities = Capabilities(embeddings=False, grammar=True, logit_bias=True)
+        self._embed_ctx: Any = None
+        self._embed_batch: _BatchBuffer | None = None
+        self.capabilities = Capabilities(embeddings=True, grammar=True, logit_bias=True)
 
     # ---- Engine protocol -------------------------------------------------------------------
 
@@ -271,7 +275,9 @@ class BatchedGGUFEngine:
         return len(self._tokenize(text))
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
-        raise UnsupportedError("the batched GGUF engine does not serve embeddings")
+        """Pooled embeddings, computed on the scheduler thread between two decode steps."""
+        self._require_loaded()
+        return await self._call(lambda: self._embed(texts))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Queue `request` for a slot; yield its events. Closing the iterator early cancels it."""
@@ -391,7 +397,7 @@ class BatchedGGUFEngine:
         if not model:
             raise EngineError(f"llama.cpp could not load {self._path}")
         self._model = model
-        threads = s.threads or max(1, len(os.sched_getaffinity(0)))
+        threads = self._threads
         n_batch = max(s.batch_size, s.parallel)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = s.context_length * s.parallel
@@ -431,14 +437,62 @@ class BatchedGGUFEngine:
 
         self._closed = True
         self._fail_all(NotReadyError("the server is shutting down"), reason="abort")
-        if self._batch is not None:
-            self._batch = None
+        self._batch = self._embed_batch = None
+        if self._embed_ctx is not None:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._ctx is not None:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
             self._model = None
+
+    def _embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """One L2-normalised pooled vector per text, from a second context on the same weights.
+
+        The context is made on first use (most deployments never embed) and shares the model's
+        weights, so it costs only its own small KV cache.
+        """
+        import llama_cpp
+
+        n_batch = min(self._settings.context_length, _MAX_EMBED_TOKENS)
+        if self._embed_ctx is None:
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_batch
+            cparams.n_seq_max = 1
+            cparams.n_threads = cparams.n_threads_batch = self._threads
+            cparams.embeddings = True
+            cparams.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+            if not ctx:
+                raise EngineError("llama.cpp could not create an embedding context")
+            self._embed_ctx = ctx
+            self._embed_batch = _BatchBuffer(n_batch)
+        batch = self._embed_batch
+        assert batch is not None
+        n_embd = llama_cpp.llama_model_n_embd(self._model)
+        vectors: list[list[float]] = []
+        total = 0
+        for text in texts:
+            tokens = self._tokenize(text) or [self._bos_or_zero()]
+            if len(tokens) > n_batch:
+                raise BadRequestError(f"input is {len(tokens)} tokens; at most {n_batch} can be embedded")
+            total += len(tokens)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._embed_ctx), True)
+            batch.clear()
+            batch.add(np.asarray(tokens, dtype=np.int32), 0, 0, True)
+            batch.logits[: batch.n] = 1
+            batch.struct.n_tokens = batch.n
+            if llama_cpp.llama_decode(self._embed_ctx, batch.struct) != 0:
+                raise EngineError("embedding decode failed")
+            ptr = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, 0)
+            if not ptr:
+                raise EngineError("the model produced no pooled embedding (pooling_type none?)")
+            vec = np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
+            norm = float(np.linalg.norm(vec)) or 1.0
+            vectors.append((vec / norm).tolist())
+        return EmbeddingResult(vectors=vectors, prompt_tokens=total)
 
     def _tokenize(self, text: str) -> list[int]:
         import llama_cpp
@@ -818,33 +872,33 @@ def _meta_int(model: Any, suffix: str) -> int | None:
 
 
 def _basic_info(model: Any, path: str, name: str, quantization: str | None, ctx: int) -> ModelInfo:
-    """ModelInfo from the GGUF's own metadata (used when no richer loader is given)."""
+    """ModelInfo from the GGUF's own metadata, the same fields the serial GGUF backend reports."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(model)
 
     def meta(key: str) -> str | None:
-        buf = ctypes.create_string_buffer(512)
-        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, 512)
-        return buf.value.decode("utf-8", "replace") if n > 0 else None
+        size = 1 << 16  # chat templates can be long
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
-    def piece(tok: int) -> str:
-        if tok < 0:
-            return ""
-        text = llama_cpp.llama_vocab_get_text(vocab, tok)
-        return text.decode("utf-8", "replace") if text else ""
+    def text(tok: int) -> str:
+        raw = llama_cpp.llama_vocab_get_text(vocab, tok) if tok >= 0 else None
+        return raw.decode("utf-8", "replace") if raw else ""
 
-    template = llama_cpp.llama_model_chat_template(model, None)
+    desc = ctypes.create_string_buffer(256)
+    llama_cpp.llama_model_desc(model, desc, 256)
     return ModelInfo(
         name=name,
         format="gguf",
         path=path,
-        quantization=quantization or "unknown",
+        quantization=quantization or desc.value.decode("utf-8", "replace").rsplit(" ", 1)[-1],
         family=meta("general.architecture") or "unknown",
         context_length=ctx,
         parameters=int(llama_cpp.llama_model_n_params(model)),
-        size_bytes=os.path.getsize(path),
-        chat_template=template.decode("utf-8", "replace") if template else None,
-        bos_token=piece(int(llama_cpp.llama_vocab_bos(vocab))),
-        eos_token=piece(int(llama_cpp.llama_vocab_eos(vocab))),
+        size_bytes=int(llama_cpp.llama_model_size(model)),
+        chat_template=meta("tokenizer.chat_template"),
+        bos_token=text(int(llama_cpp.llama_vocab_bos(vocab))),
+        eos_token=text(int(llama_cpp.llama_vocab_eos(vocab))),
     )
