@@ -124,8 +124,10 @@ if [ ! -f "$archive" ]; then
   t0=$(date +%s)
   log "buildah bud -f runtime-image/Dockerfile (BASE_IMAGE=$BASE_REF ${wheel_args[*]:-compile llama-cpp-python})"
   # chroot isolation + host network: no runc/CNI inside the build; RUN steps reach PyPI/apt as the
-  # host does. --pull-never: the base comes from local storage only.
+  # host does, trusting the host's CA bundle (a build secret: not stored in the image).
+  # --pull-never: the base comes from local storage only.
   $NICE buildah bud --quiet --isolation chroot --network host --pull-never --layers=false \
+    --secret "id=ca-bundle,src=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" \
     --build-arg "BASE_IMAGE=$BASE_REF" "${wheel_args[@]}" \
     -f "$ctx/runtime-image/Dockerfile" -t "$IMAGE" "$ctx" >&2
   buildah push --quiet "$IMAGE" "docker-archive:$archive.tmp:$IMAGE" >/dev/null
