@@ -74,3 +74,24 @@ def test_rbac_cli_prints_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rbac"]) == 0
     doc = yaml.safe_load(capsys.readouterr().out)
     assert doc["kind"] == "ClusterRole" and doc["rules"] == cluster_role()["rules"]
+
+
+def test_run_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import slm_operator.reconcile.runner as runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run_operator", seen.append)
+    monkeypatch.setenv("SLM_RUNTIME_IMAGE", "env/rt:9")
+    assert (
+        main(
+            ["run", "-n", "a", "-n", "b", "--peering", "slm", "--metrics-port", "0", "--resync-seconds", "5"]
+        )
+        == 0
+    )
+    settings = seen[0]
+    assert settings.namespaces == ("a", "b") and settings.peering == "slm" and not settings.standalone
+    assert (
+        settings.runtime_image == "env/rt:9" and settings.metrics_port == 0 and settings.resync_seconds == 5
+    )
+    assert main(["run"]) == 0
+    assert seen[1].all_namespaces and seen[1].standalone and seen[1].namespaces == ()

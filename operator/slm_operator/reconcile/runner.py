@@ -16,6 +16,7 @@ from slm_operator.settings import Settings
 
 
 def run_operator(settings: Settings) -> None:
+    kopf.configure(log_format=kopf.LogFormat.PLAIN)
     load_config()
     ctx = OperatorContext(settings=settings, cluster=Kube(field_manager=settings.field_manager))
     kopf.run(
