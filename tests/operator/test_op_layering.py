@@ -77,7 +77,7 @@ def test_rbac_cli_prints_yaml(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_run_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import slm_operator.reconcile.runner as runner
+    from slm_operator.reconcile import runner
 
     seen = []
     monkeypatch.setattr(runner, "run_operator", seen.append)
