@@ -286,3 +286,16 @@ def test_model_info_matches_the_serial_backend(model_path: Path) -> None:
         return engine.info
 
     assert run(model_path, 2, body) == expected
+
+
+def test_bad_request_fails_alone(model_path: Path) -> None:
+    """A request the engine refuses does not disturb the sequences already running."""
+    from slm_runtime.errors import BadRequestError
+
+    async def body(engine: BatchedGGUFEngine) -> str:
+        running = asyncio.create_task(complete(engine, PROMPTS[1], greedy(32)))
+        with pytest.raises(BadRequestError):
+            await complete(engine, PROMPTS[2], greedy(4, logit_bias={10**7: -1.0}))
+        return (await running)[0]
+
+    assert run(model_path, 2, body) == one_by_one(model_path, [PROMPTS[1]], greedy(32))[0]

@@ -81,6 +81,8 @@ class BatchedSettings:
     context_length: int = 4096
     batch_size: int = 512
     threads: int | None = None
+    gpu_layers: int = 0
+    """Layers offloaded to a GPU build of llama.cpp; -1 = all (ignored by CPU builds)."""
     kv_unified: bool = False
     """One KV buffer for all slots. Off: each slot attends over its own cells only (faster when
     prompts do not share a long prefix, and what llama-server does by default)."""
@@ -149,6 +151,7 @@ class _Sequence:
     prompt: list[int]
     deliver: Callable[[GenerationEvent | BaseException], None]
     loop: asyncio.AbstractEventLoop
+    grammar: str | None = None
     slot: _Slot | None = None
     sampler: Any = None
     prefilled: int = 0
@@ -291,10 +294,15 @@ class BatchedGGUFEngine:
                 f"{self._settings.context_length - 1} per request",
                 param="messages",
             )
+        bad = [t for t in request.sampling.logit_bias if not 0 <= t < self._n_vocab]
+        if bad:
+            raise BadRequestError(f"logit_bias has unknown token ids {bad[:5]}", param="logit_bias")
+        grammar = _grammar_for(request.sampling.response_format)  # a bad schema fails here, not mid-batch
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         seq = _Sequence(
             request=request,
             prompt=prompt,
+            grammar=grammar,
             deliver=events.put_nowait,
             loop=asyncio.get_running_loop(),
             stops=StopMatcher(request.sampling.stop) if request.sampling.stop else None,
@@ -393,6 +401,7 @@ class BatchedGGUFEngine:
         mparams = llama_cpp.llama_model_default_params()
         # AMX/repack crash guard (FACTS): no extra buffer types for weight repacking.
         mparams.use_extra_bufts = False
+        mparams.n_gpu_layers = 0x7FFFFFFF if s.gpu_layers == -1 else s.gpu_layers
         model = llama_cpp.llama_model_load_from_file(self._path.encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load {self._path}")
@@ -538,6 +547,11 @@ class BatchedGGUFEngine:
             if not free:
                 return
             seq = self._waiting.popleft()
+            try:
+                sampler = self._make_sampler(seq.request.sampling, seq.prompt, seq.grammar)
+            except SlmError as exc:  # this request's problem only
+                self._fail(seq, exc)
+                continue
             slot, reuse = self._pick_slot(seq.prompt, free)
             # Never reuse the whole prompt: its last token must be decoded to get logits.
             reuse = min(reuse, len(seq.prompt) - 1)
@@ -547,7 +561,7 @@ class BatchedGGUFEngine:
             seq.slot = slot
             seq.prefilled = reuse
             self.reused_prompt_tokens += reuse
-            seq.sampler = self._make_sampler(seq.request.sampling, seq.prompt)
+            seq.sampler = sampler
             seq.t_admitted = time.perf_counter_ns()
             slot.seq = seq
 
@@ -586,13 +600,13 @@ class BatchedGGUFEngine:
         log.debug("slot %d reuses %d prompt tokens from slot %d", target.seq_id, donor_len, donor.seq_id)
         return target, donor_len
 
-    def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
+    def _make_sampler(self, p: SamplingParams, prompt: list[int], grammar: str | None) -> Any:
         import llama_cpp
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if p.logit_bias:
-            items = [(int(t), float(b)) for t, b in p.logit_bias.items() if 0 <= int(t) < self._n_vocab]
+            items = [(int(t), float(b)) for t, b in p.logit_bias.items()]
             arr: Any = (llama_cpp.llama_logit_bias * len(items))()
             for i, (tok, bias) in enumerate(items):
                 arr[i].token = tok
@@ -604,7 +618,6 @@ class BatchedGGUFEngine:
             for tok in prompt[-last_n:]:
                 llama_cpp.llama_sampler_accept(pen, tok)
             add(chain, pen)
-        grammar = _grammar_for(p.response_format)
         if grammar is not None:
             g = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
             if not g:
