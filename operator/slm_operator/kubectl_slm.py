@@ -423,9 +423,13 @@ class Cluster:
 
     def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             return method(*args, **kwargs)
+        except HTTPError as err:
+            host = getattr(self.api_client.configuration, "host", "the API server")
+            raise KubectlSlmError(f"{what}: cannot reach {host}: {err}") from err
         except ApiException as err:
             reason = str(err.reason)
             with contextlib.suppress(ValueError, TypeError, AttributeError):
