@@ -24,7 +24,9 @@ from slm_runtime.backends.base import (
     ModelInfo,
     ResponseFormat,
 )
+from slm_runtime.errors import SlmError
 from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
+from slm_runtime.server.errors import error_body
 from slm_runtime.server.schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
@@ -109,20 +111,21 @@ async def _run(
 
     async def lines(events: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
         async with aclosing(events):
-            async for event in events:
-                if isinstance(event, FinishEvent):
-                    final = {
-                        "model": model,
-                        "created_at": _now(),
-                        **chunk(""),
-                        **_final(model, event, 0, time.perf_counter_ns() - started),
-                    }
-                    yield dumps(final) + "\n"
-                else:
-                    yield (
-                        dumps({"model": model, "created_at": _now(), **chunk(event.text), "done": False})
-                        + "\n"
-                    )
+            try:
+                async for event in events:
+                    if isinstance(event, FinishEvent):
+                        final = {
+                            "model": model,
+                            "created_at": _now(),
+                            **chunk(""),
+                            **_final(model, event, 0, time.perf_counter_ns() - started),
+                        }
+                        yield dumps(final) + "\n"
+                    else:
+                        piece = {"model": model, "created_at": _now(), **chunk(event.text), "done": False}
+                        yield dumps(piece) + "\n"
+            except SlmError as exc:  # headers are gone: report in-band, as Ollama does
+                yield dumps(error_body(exc, "ollama")[1]) + "\n"
 
     return StreamingResponse(lines(prepend(first, rest)), media_type="application/x-ndjson")
 

@@ -95,7 +95,8 @@ def write_gguf(path: Path, shape: ModelShape, quantization: Quantization = "f32"
         add(f"blk.{i}.ffn_up.weight", layer.up)
         add(f"blk.{i}.ffn_down.weight", layer.down)
     add("output_norm.weight", weights.norm(), quantize=False)
-    add("output.weight", weights.output())
+    if not shape.tie_embeddings:
+        add("output.weight", weights.output())
 
     try:
         writer.write_header_to_file()

@@ -16,6 +16,7 @@ class ModelShape:
     ffn: int
     vocab_size: int | None = None  # None: just the BPE vocabulary; else padded with filler tokens
     context_length: int = 2048
+    tie_embeddings: bool = False  # GGUF: no output.weight; llama.cpp reuses token_embd (as Qwen2.5 does)
 
     @property
     def head_dim(self) -> int:
@@ -26,7 +27,14 @@ SHAPES: dict[str, ModelShape] = {
     "tiny": ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128),
     # Qwen2.5-0.5B's dimensions (without its q/k/v biases): ~0.5B parameters, ~0.5 GB at Q8_0.
     "qwen2.5-0.5b": ModelShape(
-        hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864, vocab_size=151936, context_length=32768
+        hidden=896,
+        layers=24,
+        heads=14,
+        kv_heads=2,
+        ffn=4864,
+        vocab_size=151936,
+        context_length=32768,
+        tie_embeddings=True,
     ),
     # A middle size for ONNX benchmarks (float32 weights, so kept smaller).
     "small": ModelShape(hidden=512, layers=8, heads=8, kv_heads=2, ffn=1408, vocab_size=32000),

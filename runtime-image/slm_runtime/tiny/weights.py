@@ -48,7 +48,10 @@ class RandomWeights:
         return out
 
     def embeddings(self) -> F32:
-        return self._normal(len(self.vocab.tokens), self.shape.hidden, 1.0)
+        out = self._normal(len(self.vocab.tokens), self.shape.hidden, 1.0)
+        if self.shape.tie_embeddings:  # it is the output matrix too: same zero-logit rule
+            out[self.vocab.n_special_start :] = 0.0
+        return out
 
     def output(self) -> F32:
         out = self._normal(len(self.vocab.tokens), self.shape.hidden, 4.0 / self.shape.hidden**0.5)
