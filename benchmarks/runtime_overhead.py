@@ -233,6 +233,7 @@ def main() -> int:
     parser.add_argument("--skip-onnx", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     gguf = ensure_model("gguf")
