@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a small random-weight model with a real tokenizer")
     t.add_argument("--format", required=True, choices=["gguf", "onnx"])
     t.add_argument("--out", required=True, type=Path)
-    t.add_argument("--quantization", default="f32", choices=["f32", "q8_0", "q4_0"], help="GGUF only")
+    t.add_argument(
+        "--quantization", choices=["f32", "q8_0", "q4_0"], help="GGUF only; default f32 for tiny, else q8_0"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shape", default="tiny", help="tiny (default), small, or qwen2.5-0.5b (real SLM dims)")
     return p
@@ -201,7 +203,8 @@ def _tiny_model(args: argparse.Namespace) -> int:
     if args.format == "gguf":
         from slm_runtime.tiny.gguf_model import write_gguf
 
-        write_gguf(args.out, shape, args.quantization, args.seed)
+        quantization = args.quantization or ("f32" if args.shape == "tiny" else "q8_0")
+        write_gguf(args.out, shape, quantization, args.seed)
     else:
         from slm_runtime.tiny.onnx_model import write_onnx
 

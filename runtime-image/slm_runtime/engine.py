@@ -5,9 +5,15 @@ second OS thread made every later decode ~1.7x slower (FACTS). So all backend ca
 generate, embed, tokenize) go through a FIFO of jobs run by a dedicated `slm-decode` thread, and
 results come back to asyncio with `loop.call_soon_threadsafe`.
 
-`SerialEngine` runs one sequence at a time. A continuous-batching engine implements the same
-`Engine` protocol (`start`, `generate`, `embed`, `count_tokens`, `close`, `add_observer`) and
-keeps its own decode thread; the HTTP layer depends on nothing else.
+`SerialEngine` runs one sequence at a time: a job is a whole generation. To add continuous
+batching, write another class with the same `Engine` protocol (`start`, `generate`, `embed`,
+`count_tokens`, `close`, `add_observer`, `info`, `capabilities`, `load_seconds`); the HTTP layer
+depends on nothing else. Its decode thread would loop: admit queued `GenerationRequest`s into
+free slots (seq_ids), put every active slot's next token (and new prompts' chunks) into one
+`llama_batch`, call `llama_decode` once, sample per slot (`GgufBackend.make_sampler` keeps one
+chain per slot), run each slot's `StopMatcher`/`Utf8Stream` (`backends.sampling`), and deliver
+`TokenEvent`s/`FinishEvent`s through the same per-request asyncio queues this class uses.
+Cancellation stays `request.cancelled`, checked per step; finish observers stay as they are.
 """
 
 from __future__ import annotations

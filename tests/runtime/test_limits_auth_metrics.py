@@ -215,3 +215,17 @@ def test_bad_model_path_reports_load_failure(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert threading.active_count() >= 1
+
+
+def test_client_that_gives_up_while_queued_leaves_the_queue(serve: ServerFactory) -> None:
+    server = serve(limits={"maxConcurrent": 1, "queueLength": 4}, runtime=LONG_CONTEXT)
+    with httpx.stream("POST", f"{server.url}/api/generate", json=LONG, timeout=60) as busy:
+        lines = busy.iter_lines()
+        next(lines)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/api/generate", json=LONG, timeout=0.5)  # streams, but queued
+        _wait_for(lambda: server.metric("vllm:num_requests_waiting") == 0)
+        assert server.metric("vllm:num_requests_running") == 1
+    _wait_for(lambda: server.metric("vllm:num_requests_running") == 0)
+    # only the first ever reached the engine
+    assert server.metric("vllm:request_success_total", finished_reason="abort") == 1

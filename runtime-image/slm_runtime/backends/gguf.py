@@ -132,7 +132,8 @@ class GgufBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, add_bos=self._model.add_bos_token()))
 
-    def _piece(self, token: int) -> bytes:
+    def token_piece(self, token: int) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character; see `Utf8Stream`)."""
         import llama_cpp
 
         buf = ctypes.create_string_buffer(64)
@@ -158,7 +159,7 @@ class GgufBackend(Backend):
                 f"prompt is {len(tokens)} tokens but the context holds {n_ctx}", param="prompt"
             )
         budget = min(params.max_tokens, n_ctx - len(tokens))
-        sampler = self._sampler(params)
+        sampler = self.make_sampler(params)
         try:
             if not self._prefill(tokens, request):
                 emit(FinishEvent("abort", len(tokens), 0, time.perf_counter_ns() - started, 0))
@@ -221,7 +222,7 @@ class GgufBackend(Backend):
                 reason = "stop"
                 break
             generated += 1
-            text, hit = stops.push(utf8.push(self._piece(token)))
+            text, hit = stops.push(utf8.push(self.token_piece(token)))
             if text:
                 emit(TokenEvent(text))
             if hit:
@@ -234,7 +235,8 @@ class GgufBackend(Backend):
             emit(TokenEvent(tail))
         return reason, generated
 
-    def _sampler(self, params: SamplingParams) -> Any:
+    def make_sampler(self, params: SamplingParams) -> Any:
+        """A llama.cpp sampler chain for one sequence (a batching engine keeps one per slot)."""
         from llama_cpp import _internals as internals
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 

@@ -107,7 +107,7 @@ async def _run(
         return JSONResponse(
             {"model": model, "created_at": _now(), **chunk(text), **_final(model, finish, 0, total)}
         )
-    first, rest = await first_and_rest(service.generate(gen))
+    first, rest = await until_disconnect(request, first_and_rest(service.generate(gen)))
 
     async def lines(events: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
         async with aclosing(events):

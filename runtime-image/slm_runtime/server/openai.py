@@ -123,7 +123,7 @@ async def _run(
             }
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await first_and_rest(service.generate(gen))
+    first, rest = await until_disconnect(request, first_and_rest(service.generate(gen)))
     chunk_obj = f"{obj}.chunk" if obj.startswith("chat") else obj
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
