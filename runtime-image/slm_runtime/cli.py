@@ -201,9 +201,9 @@ def _tiny_model(args: argparse.Namespace) -> int:
         raise SlmError(f"unknown shape {args.shape!r}; known: {', '.join(sorted(SHAPES))}")
     shape = SHAPES[args.shape]
     if args.format == "gguf":
-        from slm_runtime.tiny.gguf_model import write_gguf
+        from slm_runtime.tiny.gguf_model import Quantization, write_gguf
 
-        quantization = args.quantization or ("f32" if args.shape == "tiny" else "q8_0")
+        quantization: Quantization = args.quantization or ("f32" if args.shape == "tiny" else "q8_0")
         write_gguf(args.out, shape, quantization, args.seed)
     else:
         from slm_runtime.tiny.onnx_model import write_onnx
