@@ -142,7 +142,11 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    server = DrainingServer(config, drain=lambda: service.limiter.drain(settings.limits.drain_seconds))
+    server = DrainingServer(
+        config,
+        drain=lambda: service.limiter.drain(settings.limits.drain_seconds),
+        fatal=service.wait_load_failed,
+    )
     server.run()
     return EXIT_LOAD if service.load_error else EXIT_OK
 
@@ -154,15 +158,27 @@ def _make_draining_server() -> Any:
         """On the first SIGTERM: readiness 503 and new requests refused, in-flight ones finish
         (up to limits.drainSeconds), then uvicorn shuts down. A second signal exits at once."""
 
-        def __init__(self, config: Any, drain: Any) -> None:
+        def __init__(self, config: Any, drain: Any, fatal: Any) -> None:
             super().__init__(config)
             self._drain = drain
+            self._fatal = fatal
             self._draining = False
             self._loop: asyncio.AbstractEventLoop | None = None
 
         async def serve(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
-            await super().serve(sockets)
+            watcher = asyncio.ensure_future(self._exit_on_fatal())
+            try:
+                await super().serve(sockets)
+            finally:
+                watcher.cancel()
+
+        async def _exit_on_fatal(self) -> None:
+            # A model that cannot load will not get better: exit (non-zero) so Kubernetes shows
+            # CrashLoopBackOff with the reason in the log, instead of a pod that is never ready.
+            error = await self._fatal()
+            log.error("exiting: model failed to load: %s", error)
+            self.should_exit = True
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self._draining or self._loop is None or sig == signal.SIGINT:
@@ -180,8 +196,8 @@ def _make_draining_server() -> Any:
     return _DrainingServer
 
 
-def DrainingServer(config: Any, drain: Any) -> Any:  # noqa: N802 -- a class factory
-    return _make_draining_server()(config, drain)
+def DrainingServer(config: Any, drain: Any, fatal: Any) -> Any:  # noqa: N802 -- a class factory
+    return _make_draining_server()(config, drain, fatal)
 
 
 def _fetch(args: argparse.Namespace) -> int:

@@ -94,3 +94,23 @@ def test_serve_drains_on_sigterm(models: dict[str, Path], tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_exits_when_the_model_cannot_load(tmp_path: Path) -> None:
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 64)
+    cmd = [
+        sys.executable,
+        "-m",
+        "slm_runtime.cli",
+        "serve",
+        "--model",
+        str(bogus),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 5, result.stderr
+    assert "failed to load" in result.stderr

@@ -229,3 +229,28 @@ def test_client_that_gives_up_while_queued_leaves_the_queue(serve: ServerFactory
     _wait_for(lambda: server.metric("vllm:num_requests_running") == 0)
     # only the first ever reached the engine
     assert server.metric("vllm:request_success_total", finished_reason="abort") == 1
+
+
+def test_config_template_override_is_used_and_checked(models: dict[str, Path]) -> None:
+    import asyncio
+
+    from slm_runtime.cli import build_engine
+    from slm_runtime.server.app import create_app
+
+    from .conftest import settings_for
+
+    async def served(template: str) -> httpx.Response:
+        settings = settings_for(models["q8_0"], prompt={"template": template})
+        app = create_app(settings, build_engine(settings))
+        await app.state.service.start_loading()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            r = await c.post("/api/show", json={"model": MODEL})
+            ready = await c.get("/readyz")
+        await app.state.service.shutdown()
+        return ready if ready.status_code != 200 else r
+
+    shown = asyncio.run(served("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}"))
+    assert shown.json()["template"].startswith("{% for m in messages %}[")
+    broken = asyncio.run(served("{% if %}"))
+    assert broken.status_code == 503
+    assert "template" in broken.json()["status"]

@@ -32,6 +32,7 @@ from slm_runtime.errors import (
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
+    TemplateError,
     UnsupportedError,
 )
 from slm_runtime.server.limits import Limiter
@@ -76,8 +77,20 @@ class Service:
             return
         info = self.info
         source = self.settings.prompt.template or info.chat_template or CHATML_TEMPLATE
-        self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        try:
+            self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        except TemplateError as exc:
+            self.load_error = str(exc)
+            log.error("cannot use the chat template: %s", exc)
+            return
         self.metrics.model_loaded(info, self.settings.hardware, self.engine.load_seconds or 0.0)
+
+    async def wait_load_failed(self) -> str:
+        """Return the error if loading fails; never returns if it succeeds (for the CLI to exit)."""
+        await self.start_loading()
+        if self.load_error is None:
+            await asyncio.Event().wait()
+        return self.load_error or ""
 
     async def shutdown(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -86,12 +99,12 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.engine.info is not None and not self.limiter.draining
+        return self._template is not None and self.load_error is None and not self.limiter.draining
 
     @property
     def info(self) -> ModelInfo:
         info = self.engine.info
-        if info is None:
+        if info is None or self.load_error:
             raise NotReadyError(
                 (self.load_error and f"model failed to load: {self.load_error}") or "model is loading"
             )
