@@ -22,6 +22,8 @@ import promql_parser
 import pytest
 import yaml
 
+from slm_operator.api import SLMDeployment
+
 sys.path.insert(0, str(Path(__file__).parent))
 import values_doc
 
@@ -594,6 +596,8 @@ def test_gitops_example_models_match_the_crd() -> None:
             if doc and doc.get("kind") == "SLMDeployment":
                 # A CRD schema is OpenAPI v3.0, whose keywords follow JSON Schema draft 4.
                 jsonschema.Draft4Validator(schema).validate(doc)
+                # The API model's validators mirror the CRD's CEL rules.
+                SLMDeployment.model_validate(doc)
                 checked += 1
     assert checked >= 1
 
