@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help dev down test unit e2e lint fmt typecheck crd bins setup
+.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,10 +32,14 @@ unit: setup ## tests that need no cluster
 e2e: setup bins ## end-to-end tests on the local control plane
 	$(VENV)/bin/pytest tests -m e2e
 
-lint: setup ## ruff + mypy --strict
+lint: setup bins ## ruff + mypy --strict + helm lint --strict
+	bin/helm lint --strict charts/slm-operator
 	$(VENV)/bin/ruff check operator runtime-image tests benchmarks
 	$(VENV)/bin/ruff format --check operator runtime-image tests benchmarks
 	$(VENV)/bin/mypy
+
+chart-lint: bins ## helm lint --strict on the chart
+	bin/helm lint --strict charts/slm-operator
 
 fmt: setup ## format the code
 	$(VENV)/bin/ruff format operator runtime-image tests benchmarks
