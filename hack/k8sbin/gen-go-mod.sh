@@ -27,10 +27,11 @@ for m in "${staging[@]}"; do
 done
 go mod edit -require="k8s.io/kubernetes@${KUBE_VERSION}"
 go mod edit -require="go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
-go mod edit -require="sigs.k8s.io/kwok@${KWOK_VERSION}"
 go mod edit -require="helm.sh/helm/v3@${HELM_VERSION}"
 # Main packages of other modules can't be imported, but `go build` builds them when they are tools
-# of this module.
-go mod edit -tool=sigs.k8s.io/kwok/cmd/kwok -tool=helm.sh/helm/v3/cmd/helm
+# of this module. (kwok is not one: v0.7.0 does not compile against k8s.io/apimachinery v0.34, so
+# hack/build-bins.sh builds it with `go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION`, from
+# kwok's own go.mod/go.sum.)
+go mod edit -tool=helm.sh/helm/v3/cmd/helm
 go mod tidy
 echo "go.mod: ${#staging[@]} staging replaces at $staging_version, kubernetes $KUBE_VERSION" >&2

@@ -598,16 +598,19 @@ def sa_exists(state: dict[str, Any], ns: str, name: str) -> bool:
         return False
 
 
-def stop_all(state: dict[str, Any], timeout: float = 15.0) -> None:
+def stop_all(state: dict[str, Any]) -> None:
+    """Stop in reverse start order, each one gone before the next: kube-apiserver removes its
+    endpoint lease from etcd while it shuts down, so etcd goes last."""
     pids = running(state)
     for name in reversed(COMPONENTS):
-        if name in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pids[name], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(is_ours(p) for p in pids.values()):
-        time.sleep(0.1)
-    for name, pid in pids.items():
+        pid = pids.get(name)
+        if pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + (20.0 if name == "kube-apiserver" else 10.0)
+        while time.monotonic() < deadline and is_ours(pid):
+            time.sleep(0.05)
         if is_ours(pid):
             log(f"{name} ({pid}) ignored SIGTERM; killing it")
             with contextlib.suppress(ProcessLookupError):

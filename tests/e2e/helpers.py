@@ -6,6 +6,7 @@ Everything that waits takes a deadline: no loop here runs unbounded.
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import os
 import shutil
@@ -63,6 +64,21 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r:.500})")
         time.sleep(interval)
+
+
+def api_get_text(api: client.ApiClient, path: str) -> str:
+    """GET a non-resource path (/readyz, /version, /metrics...) with `api`'s credentials."""
+    if "resource_path" in inspect.signature(api.call_api).parameters:  # kubernetes-client < 35
+        text: str = api.call_api(
+            path, "GET", auth_settings=["BearerToken"], response_type="str", _return_http_data_only=True
+        )
+        return text
+    method, url, headers, _, _ = api.param_serialize("GET", path, auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers)
+    resp.read()
+    if resp.status != 200:
+        raise client.ApiException(status=resp.status, reason=resp.reason)
+    return str(resp.data.decode())
 
 
 def unique_name(prefix: str) -> str:

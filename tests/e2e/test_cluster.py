@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client, config
 
 from .helpers import (
+    api_get_text,
     create_namespace,
     read_versions,
     serviceaccount_kubeconfig,
@@ -41,9 +42,7 @@ def _pod(name: str, **spec: object) -> client.V1Pod:
 
 
 def test_apiserver_ready_and_version(kube_api: client.ApiClient) -> None:
-    body = kube_api.call_api(
-        "/readyz", "GET", response_type="str", auth_settings=["BearerToken"], _return_http_data_only=True
-    )
+    body = api_get_text(kube_api, "/readyz")
     assert body == "ok"
     info = client.VersionApi(kube_api).get_code()
     assert info.git_version == read_versions()["KUBE_VERSION"]
