@@ -177,7 +177,8 @@ def _search(
             f"the smallest usable variant needs ~{format_bytes(need)}, more than any {hardware} node has "
             f"(largest ~{format_bytes(largest)})"
         )
-    return _Attempt(f"nodes that fit the model have no free {names} / cpu / memory right now", busy=True)
+    scarce = f"{names} / cpu / memory" if hardware != "cpu" else "cpu / memory"
+    return _Attempt(f"nodes that fit the model have no free {scarce} right now", busy=True)
 
 
 def _budget(spec: SLMDeploymentSpec) -> int | None:

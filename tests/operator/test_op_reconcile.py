@@ -16,6 +16,7 @@ from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.handlers import build_registry, kopf_error, on_child_event, plain, run_reconcile
 from slm_operator.reconcile.plan import (
     Owner,
+    comparable,
     drifted,
     foreign_pods,
     key_of,
@@ -54,6 +55,7 @@ class FakeCluster:
         self.applies: list[Obj] = []
         self.deletes: list[Obj] = []
         self.owner: Obj | None = None
+        self.version = 100
 
     def list_nodes(self) -> list[Obj]:
         return copy.deepcopy(self.nodes)
@@ -65,11 +67,17 @@ class FakeCluster:
         return self.secrets.get((namespace, name))
 
     def apply(self, obj: Obj) -> Obj:
+        """Like server-side apply: a no-op apply keeps the resourceVersion, a change bumps it."""
         self.applies.append(obj)
+        previous = self.objects.get(key_of(obj))
         stored = copy.deepcopy(obj)
         stored["metadata"]["generation"] = 1
         if obj["kind"] == "Deployment":
             stored["status"] = {"observedGeneration": 1, "replicas": 0}
+        if previous is not None and drifted(comparable(stored), comparable(previous)) is False:
+            return copy.deepcopy(previous)
+        self.version += 1
+        stored["metadata"]["resourceVersion"] = str(self.version)
         self.objects[key_of(obj)] = stored
         return copy.deepcopy(stored)
 
@@ -368,6 +376,7 @@ def test_deleted_child_is_restored() -> None:
     on_child_event(type="DELETED", body=service, memo=_Memo(ctx))
     assert "Service" in cluster.kinds()
     assert cluster.applies[-1]["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert ctx.applied.is_own_write(next(o for o in cluster.objects.values() if o["kind"] == "Service"))
 
 
 def test_edited_child_is_reverted_and_unchanged_is_left_alone() -> None:
@@ -381,8 +390,12 @@ def test_edited_child_is_reverted_and_unchanged_is_left_alone() -> None:
     assert len(cluster.applies) == applies
     edited = copy.deepcopy(service)
     edited["spec"]["ports"][0]["port"] = 9999
+    edited["metadata"]["resourceVersion"] = "999"
+    cluster.objects[key_of(edited)] = copy.deepcopy(edited)
     on_child_event(type="MODIFIED", body=edited, memo=_Memo(ctx))
     assert len(cluster.applies) > applies
+    restored = cluster.objects[key_of(edited)]
+    assert restored["spec"]["ports"][0]["port"] == 8080 and ctx.applied.is_own_write(restored)
 
 
 def test_deployment_event_updates_ready() -> None:

@@ -112,7 +112,7 @@ def root_schema() -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object: slm.dev/v1alpha1."},
             "kind": {"type": "string", "description": "Kind of this object: SLMDeployment."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # the API server forbids anything more here
             "spec": spec_schema(),
             "status": status_schema(),
         },

@@ -58,7 +58,8 @@ class ModelVariant(ApiModel):
 
     model_config = model_config(
         cel(
-            "self.format == 'onnx' || !(self.quantization in ['FP32', 'FP16', 'INT8', 'INT4'])",
+            "(has(self.format) && self.format == 'onnx') || "
+            "!(self.quantization in ['FP32', 'FP16', 'INT8', 'INT4'])",
             "GGUF variants use llama.cpp quantization names (F32, F16, BF16, Q8_0, Q4_K_M, ...)",
             ".quantization",
         )
@@ -275,17 +276,18 @@ class AutoscalingSpec(ApiModel):
 
     model_config = model_config(
         cel(
-            "!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
             ".minReplicas",
         ),
         cel(
-            "!self.enabled || has(self.maxReplicas)",
+            "!has(self.enabled) || !self.enabled || has(self.maxReplicas)",
             "autoscaling.maxReplicas is required when autoscaling is enabled",
             ".maxReplicas",
         ),
         cel(
-            "!self.enabled || has(self.targetCPUUtilizationPercentage) || has(self.targetInFlightRequests)",
+            "!has(self.enabled) || !self.enabled || "
+            "has(self.targetCPUUtilizationPercentage) || has(self.targetInFlightRequests)",
             "enabled autoscaling needs targetCPUUtilizationPercentage and/or targetInFlightRequests",
             ".enabled",
         ),
@@ -388,12 +390,12 @@ class CacheSpec(ApiModel):
 
     model_config = model_config(
         cel(
-            "self.type == 'pvc' || !has(self.storageClassName)",
+            "!has(self.storageClassName) || (has(self.type) && self.type == 'pvc')",
             "cache.storageClassName is only valid with cache.type pvc",
             ".storageClassName",
         ),
         cel(
-            "self.type != 'pvc' || has(self.size)",
+            "!has(self.type) || self.type != 'pvc' || has(self.size)",
             "cache.size is required with cache.type pvc",
             ".size",
         ),

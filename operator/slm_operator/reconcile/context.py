@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.plan import Key, Obj, comparable, key_of
 from slm_operator.reconcile.reconciler import Cluster
+from slm_operator.render import MANAGED_BY as FIELD_MANAGER
 from slm_operator.settings import Settings
 
 
@@ -27,11 +28,31 @@ class AppliedCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, Obj] = {}
+        self._versions: dict[Key, str] = {}
+        self._stamps: dict[Key, str] = {}
 
-    def remember(self, objects: Iterable[Mapping[str, Any]]) -> None:
+    def remember(
+        self, desired: Iterable[Mapping[str, Any]], applied: Iterable[Mapping[str, Any]] = ()
+    ) -> set[Key]:
+        """Store what was applied; return the keys the apply actually changed (new resourceVersion)."""
+        changed: set[Key] = set()
         with self._lock:
-            for obj in objects:
+            for obj in desired:
                 self._objects[key_of(obj)] = comparable(obj)
+            for obj in applied:
+                key = key_of(obj)
+                stamp = _apply_stamp(obj)
+                if self._stamps.get(key) != stamp:
+                    changed.add(key)
+                self._stamps[key] = stamp
+                self._versions[key] = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        return changed
+
+    def is_own_write(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` is exactly the version the operator's last apply produced."""
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        with self._lock:
+            return version is not None and self._versions.get(key_of(obj)) == str(version)
 
     def get(self, key: Key) -> Obj | None:
         with self._lock:
@@ -40,6 +61,23 @@ class AppliedCache:
     def forget(self, key: Key) -> None:
         with self._lock:
             self._objects.pop(key, None)
+
+
+def _apply_stamp(obj: Mapping[str, Any]) -> str:
+    """When the operator's own apply last changed the object (its managedFields entry's time).
+
+    A no-op server-side apply leaves that time alone even when others (controllers writing status)
+    bumped resourceVersion meanwhile, so it tells a real correction from a repeated one.
+    """
+    meta = obj.get("metadata") or {}
+    for entry in meta.get("managedFields") or ():
+        if (
+            entry.get("manager") == FIELD_MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+        ):
+            return str(entry.get("time"))
+    return str(meta.get("resourceVersion", ""))
 
 
 class OwnerLocks:

@@ -29,6 +29,7 @@ from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, 
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.plan import (
     CHILD_KINDS,
+    Key,
     Obj,
     Owner,
     child_owner,
@@ -88,16 +89,18 @@ def post(body: Obj, events: list[Event]) -> None:
     target = kopf.Body(cast(kopf.RawBody, body))
     for kind, reason, message in events:
         try:
-            if kind == "Warning":
-                kopf.warn(target, reason=reason, message=message)
-            else:
-                kopf.info(target, reason=reason, message=message)
+            # kopf.event, not kopf.info: info() is filtered by settings.posting.level (WARNING here,
+            # so that kopf's own log lines do not become Events).
+            kopf.event(target, type=kind, reason=reason, message=message)
         except LookupError:  # outside kopf's posting context (e.g. unit tests): log only
             log.info("event %s %s: %s", kind, reason, message)
 
 
-def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
-    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure."""
+def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> set[Key]:
+    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure.
+
+    Returns the children the apply actually changed (a no-op server-side apply keeps resourceVersion).
+    """
     owner = Owner.from_body(body)
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
@@ -112,9 +115,10 @@ def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
                 except KubeError as status_err:
                     log.warning("could not report the failure: %s", status_err)
             raise kopf_error(err) from err
-    ctx.applied.remember(outcome.desired)
+    changed = ctx.applied.remember(outcome.desired, outcome.applied)
     ctx.metrics.record_children((owner.namespace, owner.name), count_by_kind(outcome.applied))
     post(body, outcome.events)
+    return changed
 
 
 def on_change(body: Any, memo: Any, **_: Any) -> None:
@@ -137,20 +141,28 @@ def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
         return
     key = key_of(obj)
     desired = ctx.applied.get(key)
-    if type == "DELETED" or (desired is not None and drifted(desired, comparable(obj))):
+    edited = type != "DELETED" and desired is not None and not ctx.applied.is_own_write(obj)
+    if type == "DELETED" or (edited and drifted(desired, comparable(obj))):
         what = "deleted" if type == "DELETED" else "edited"
-        log.info("%s %s/%s was %s; re-applying", obj.get("kind"), key[2], key[3], what)
         try:
-            run_reconcile(ctx, owner_body, "drift")
+            changed = run_reconcile(ctx, owner_body, "drift")
         except (kopf.PermanentError, kopf.TemporaryError) as err:
             log.warning("drift correction failed: %s", err)
             return
-        post(owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")])
+        if key in changed:  # stale events of an already corrected edit apply nothing new: stay quiet
+            log.info("%s %s/%s was %s; re-applied", obj.get("kind"), key[2], key[3], what)
+            post(owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")])
         return
     if obj.get("kind") == "Deployment":
-        update = observed_status(obj, owner_body.get("status") or {}, now_rfc3339())
-        if update is not None:
-            ctx.cluster.patch_status(owner.namespace, owner.name, update)
+        # Under the owner's lock and with a fresh owner: a reconcile that is patching status from
+        # its (older) apply response must not overwrite what this newer Deployment state says.
+        with ctx.locks.hold(owner.namespace, owner.name):
+            fresh = ctx.cluster.get_slmdeployment(owner.namespace, owner.name)
+            if fresh is None:
+                return
+            update = observed_status(obj, fresh.get("status") or {}, now_rfc3339())
+            if update is not None:
+                ctx.cluster.patch_status(owner.namespace, owner.name, update)
 
 
 async def resync_forever(ctx: OperatorContext) -> None:
@@ -182,7 +194,10 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
-    ctx.metrics.serve(ctx.settings.metrics_port)
+    try:
+        ctx.metrics.serve(ctx.settings.metrics_port)
+    except OSError as err:  # a busy port must not keep the operator from reconciling
+        log.error("metrics server on port %s: %s", ctx.settings.metrics_port, err)
     if ctx.settings.resync_seconds > 0:
         memo.resync_task = asyncio.create_task(resync_forever(ctx))
 
