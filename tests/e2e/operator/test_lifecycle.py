@@ -1,0 +1,137 @@
+"""Lifecycle on the real control plane: garbage collection of children, drift correction, and a
+missing auth Secret (Degraded, nothing applied, healed once the Secret exists)."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from ..helpers import wait_for
+from . import support
+from .conftest import OperatorProcess
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+CHILDREN = ("Deployment", "Service", "ServiceAccount", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget")
+
+
+def _ready(api: client.ApiClient, namespace: str, name: str) -> support.Obj:
+    return support.wait_condition(api, namespace, name, "Ready", "True", timeout=90)
+
+
+def test_deleting_the_slmdeployment_garbage_collects_every_child(
+    kube_api: client.ApiClient, slm_namespace: str
+) -> None:
+    name = "gc"
+    support.create(kube_api, slm_namespace, support.tiny(name, replicas=2))
+    _ready(kube_api, slm_namespace, name)
+    found = support.children(kube_api, slm_namespace, name)
+    assert all(found[kind] for kind in CHILDREN), {k: len(v) for k, v in found.items()}
+    assert support.pods(kube_api, slm_namespace, name)
+
+    support.delete(kube_api, slm_namespace, name)
+    support.wait_gone(kube_api, slm_namespace, name)
+
+    def all_gone() -> bool:
+        left = support.children(kube_api, slm_namespace, name)
+        return not any(left.values()) and not support.pods(kube_api, slm_namespace, name)
+
+    wait_for(all_gone, 60, "the garbage collector to delete every child and pod")
+    sets = client.AppsV1Api(kube_api).list_namespaced_replica_set(slm_namespace).items
+    assert sets == []
+
+
+def test_deleted_service_is_restored(kube_api: client.ApiClient, slm_namespace: str) -> None:
+    name = "drift-svc"
+    support.create(kube_api, slm_namespace, support.tiny(name))
+    _ready(kube_api, slm_namespace, name)
+    core = client.CoreV1Api(kube_api)
+    old_uid = core.read_namespaced_service(name, slm_namespace).metadata.uid
+
+    core.delete_namespaced_service(name, slm_namespace)
+
+    def restored() -> client.V1Service | None:
+        try:
+            svc = core.read_namespaced_service(name, slm_namespace)
+        except client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return svc if svc.metadata.uid != old_uid else None
+
+    svc = wait_for(restored, 20, "the deleted Service to be recreated")
+    assert svc.spec.selector == {"app.kubernetes.io/name": "slm-runtime", "app.kubernetes.io/instance": name}
+    assert [(p.name, p.port) for p in svc.spec.ports] == [("http", 8080)]
+    assert svc.metadata.owner_references[0].controller
+
+
+def test_edited_deployment_is_restored(kube_api: client.ApiClient, slm_namespace: str) -> None:
+    name = "drift-dep"
+    support.create(kube_api, slm_namespace, support.tiny(name))
+    _ready(kube_api, slm_namespace, name)
+    apps = client.AppsV1Api(kube_api)
+    original = apps.read_namespaced_deployment(name, slm_namespace)
+    image = original.spec.template.spec.containers[0].image
+    assert original.spec.replicas == 1
+
+    # An edit by hand (a different field manager): replicas and the runtime image.
+    apps.patch_namespaced_deployment(
+        name,
+        slm_namespace,
+        {
+            "spec": {
+                "replicas": 3,
+                "template": {"spec": {"containers": [{"name": "runtime", "image": "example.com/evil:1"}]}},
+            }
+        },
+    )
+
+    def reverted() -> client.V1Deployment | None:
+        dep = apps.read_namespaced_deployment(name, slm_namespace)
+        runtime = next(c for c in dep.spec.template.spec.containers if c.name == "runtime")
+        return dep if dep.spec.replicas == 1 and runtime.image == image else None
+
+    wait_for(reverted, 20, "the hand-edited Deployment to be restored")
+    # It stays restored (no fight with a stale event), and the pods settle back to one.
+    wait_for(lambda: len(support.pods(kube_api, slm_namespace, name)) == 1, 60, "one pod again")
+    _ready(kube_api, slm_namespace, name)
+
+    def drift_event() -> bool:
+        events = support.events_for(kube_api, slm_namespace, "SLMDeployment", name)
+        return any(e.reason == "DriftCorrected" for e in events)
+
+    wait_for(drift_event, 20, "a DriftCorrected Event")
+
+
+def test_missing_auth_secret_degrades_then_heals(
+    kube_api: client.ApiClient, slm_namespace: str, operator: OperatorProcess
+) -> None:
+    name = "authn"
+    secret = "authn-keys"
+    support.create(kube_api, slm_namespace, support.tiny(name, auth={"apiKeySecretRef": {"name": secret}}))
+    obj = support.wait_condition(
+        kube_api, slm_namespace, name, "Degraded", "True", reason="SecretNotFound", timeout=30
+    )
+    degraded = support.condition(obj, "Degraded")
+    assert degraded is not None
+    assert f"{slm_namespace}/{secret}" in degraded["message"], degraded
+    ready = support.condition(obj, "Ready")
+    assert ready is not None
+    assert ready["status"] == "False"
+    found = support.children(kube_api, slm_namespace, name)
+    assert not any(found.values()), {k: len(v) for k, v in found.items() if v}
+    events = support.events_for(kube_api, slm_namespace, "SLMDeployment", name)
+    assert any(e.reason == "SecretNotFound" and secret in (e.message or "") for e in events)
+
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        slm_namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name=secret), string_data={"api-key": "sk-e2e\n"}),
+    )
+    # Healed by the operator's retry or its periodic resync (10s here), without touching the spec.
+    healed = support.wait_condition(kube_api, slm_namespace, name, "Ready", "True", timeout=60)
+    degraded = support.condition(healed, "Degraded")
+    assert degraded is not None
+    assert degraded["status"] == "False"
+    dep = support.deployment(kube_api, slm_namespace, name)
+    volumes = {v.name: v for v in dep.spec.template.spec.volumes}
+    assert any(v.secret is not None and v.secret.secret_name == secret for v in volumes.values())
