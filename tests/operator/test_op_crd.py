@@ -98,3 +98,15 @@ def test_defaults_present() -> None:
 
 def test_committed_file_parses() -> None:
     assert yaml.safe_load(CRD_FILE.read_text()) == build_crd()
+
+
+def test_cel_rules_hold_on_bare_defaults() -> None:
+    """The API server evaluates a node's CEL rules on its `default` *without* nested defaults."""
+    from cel_support import failures
+
+    checked = 0
+    for path, node in _nodes(root_schema()):
+        if "default" in node and isinstance(node["default"], dict):
+            assert failures(node, node["default"]) == [], path
+            checked += 1
+    assert checked >= 4
