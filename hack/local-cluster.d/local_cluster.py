@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,6 +54,8 @@ POD_CIDR = "10.244.0.1/16"
 # Start order; `down` stops in reverse.
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
 EXPECTED_NODES = ["cpu-node-1", "cpu-node-2", "gpu-node-1", "gpu-node-2", "npu-node-1"]
+# Popen handles of the components this process started (to report how one exited).
+CHILDREN: dict[str, subprocess.Popen[bytes]] = {}
 UP_TIMEOUT = float(os.environ.get("SLM_CLUSTER_UP_TIMEOUT", "120"))
 
 
@@ -246,10 +249,18 @@ def write_kubeconfig(path: Path, server: str, user: str, pki: Path) -> None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port below the kernel's ephemeral range (32768+ by default), so that no
+    outgoing connection (of this cluster or another one on the machine) takes it before the
+    component binds it."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free port in 20000-32000")
 
 
 def pick_ports() -> dict[str, int]:
@@ -309,8 +320,11 @@ def wait(what: str, check: Callable[[], bool], deadline: float, watch: list[str]
             return
         for name in watch:
             pid = state.get("pids", {}).get(name)
-            if pid is not None and not is_ours(int(pid)):
-                raise ClusterError(f"{name} exited while waiting for {what}\n{log_tail(name)}")
+            proc = CHILDREN.get(name)
+            code = proc.poll() if proc else None
+            if code is not None or (pid is not None and not is_ours(int(pid))):
+                how = "" if code is None else f"with code {code}" if code >= 0 else f"by signal {-code}"
+                raise ClusterError(f"{name} exited {how} while waiting for {what}\n{log_tail(name)}")
         if time.monotonic() > deadline:
             raise ClusterError(f"timed out waiting for {what}\n" + "\n".join(log_tail(n) for n in watch))
         time.sleep(0.25)
@@ -478,7 +492,7 @@ def start(name: str, argv: list[str], state: dict[str, Any]) -> None:
     with open(logs / f"{name}.log", "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(
+        proc = CHILDREN[name] = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -524,70 +538,77 @@ def cmd_up() -> int:
             stop_all(state)
         ensure_binaries()
         make_pki(STATE / "pki")
-        shutil.rmtree(STATE / "etcd", ignore_errors=True)
-        ports = pick_ports()
-        state = {"ports": ports, "pids": {}, "started": time.time(), "state_dir": str(STATE)}
-        save_state(state)
-        pki = STATE / "pki"
-        api = f"https://127.0.0.1:{ports['apiserver']}"
-        for user in ["kube-controller-manager", "kube-scheduler", "kwok"]:
-            write_kubeconfig(STATE / "kubeconfigs" / f"{user}.kubeconfig", api, user, pki)
-        (STATE / "kwok.yaml").write_text(
-            "# empty on purpose: kwok uses its default (fast) node and pod stages\n"
-            "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n"
-        )
-        argv = command_lines(ports)
-        deadline = t0 + UP_TIMEOUT
-        try:
-            start("etcd", argv["etcd"], state)
-            wait(
-                "etcd /health",
-                lambda: http_get(f"http://127.0.0.1:{ports['etcd']}/health")[0] == 200,
-                deadline,
-                ["etcd"],
-            )
-            start("kube-apiserver", argv["kube-apiserver"], state)
-            wait(
-                "kube-apiserver /readyz", lambda: apiserver_ready(state), deadline, ["etcd", "kube-apiserver"]
-            )
-            # the admin kubeconfig exists only once the API answers: its presence means "usable"
-            write_kubeconfig(STATE / "kubeconfig", api, "admin", pki)
-            for name in ["kube-controller-manager", "kube-scheduler", "kwok"]:
-                start(name, argv[name], state)
-            subprocess.run(
-                [*kubectl_argv(), "apply", "-f", str(NODES_MANIFEST)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            wait(
-                "kube-controller-manager /healthz",
-                lambda: component_healthy(ports["controller_manager"]),
-                deadline,
-                ["kube-controller-manager"],
-            )
-            wait(
-                "kube-scheduler /healthz",
-                lambda: component_healthy(ports["scheduler"]),
-                deadline,
-                ["kube-scheduler"],
-            )
-            wait("node pools Ready", lambda: nodes_ready(state)[0], deadline, COMPONENTS)
-            # the serviceaccount controller works: pods can be created in `default`
-            wait(
-                "default/default ServiceAccount",
-                lambda: sa_exists(state, "default", "default"),
-                deadline,
-                COMPONENTS,
-            )
-        except (ClusterError, subprocess.SubprocessError) as e:
-            if isinstance(e, subprocess.CalledProcessError):
-                log(f"{e.cmd} failed: {(e.stderr or b'').decode(errors='replace')}")
-            log(f"up failed: {e}")
-            stop_all(load_state())
-            return 1
+        # One retry with fresh ports: a component that dies at start (a port taken between our
+        # check and its bind, a starved machine) should not fail a whole test session.
+        for attempt in (1, 2):
+            try:
+                start_cluster(t0 + UP_TIMEOUT * attempt / 2)
+                break
+            except (ClusterError, subprocess.SubprocessError) as e:
+                if isinstance(e, subprocess.CalledProcessError):
+                    log(f"{e.cmd} failed: {(e.stderr or b'').decode(errors='replace')}")
+                log(f"up failed (attempt {attempt}/2): {e}")
+                stop_all(load_state())
+                if attempt == 2:
+                    return 1
     log(f"up in {time.monotonic() - t0:.1f}s: export KUBECONFIG={STATE / 'kubeconfig'}")
     return 0
+
+
+def start_cluster(deadline: float) -> None:
+    pki = STATE / "pki"
+    shutil.rmtree(STATE / "etcd", ignore_errors=True)
+    CHILDREN.clear()
+    ports = pick_ports()
+    state: dict[str, Any] = {"ports": ports, "pids": {}, "started": time.time(), "state_dir": str(STATE)}
+    save_state(state)
+    api = f"https://127.0.0.1:{ports['apiserver']}"
+    for user in ["kube-controller-manager", "kube-scheduler", "kwok"]:
+        write_kubeconfig(STATE / "kubeconfigs" / f"{user}.kubeconfig", api, user, pki)
+    (STATE / "kwok.yaml").write_text(
+        "# empty on purpose: kwok uses its default (fast) node and pod stages\n"
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n"
+    )
+    argv = command_lines(ports)
+    start("etcd", argv["etcd"], state)
+    wait(
+        "etcd /health",
+        lambda: http_get(f"http://127.0.0.1:{ports['etcd']}/health")[0] == 200,
+        deadline,
+        ["etcd"],
+    )
+    start("kube-apiserver", argv["kube-apiserver"], state)
+    wait("kube-apiserver /readyz", lambda: apiserver_ready(state), deadline, ["etcd", "kube-apiserver"])
+    # the admin kubeconfig exists only once the API answers: its presence means "usable"
+    write_kubeconfig(STATE / "kubeconfig", api, "admin", pki)
+    for name in ["kube-controller-manager", "kube-scheduler", "kwok"]:
+        start(name, argv[name], state)
+    subprocess.run(
+        [*kubectl_argv(), "apply", "-f", str(NODES_MANIFEST)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    wait(
+        "kube-controller-manager /healthz",
+        lambda: component_healthy(ports["controller_manager"]),
+        deadline,
+        ["kube-controller-manager"],
+    )
+    wait(
+        "kube-scheduler /healthz",
+        lambda: component_healthy(ports["scheduler"]),
+        deadline,
+        ["kube-scheduler"],
+    )
+    wait("node pools Ready", lambda: nodes_ready(state)[0], deadline, COMPONENTS)
+    # the serviceaccount controller works: pods can be created in `default`
+    wait(
+        "default/default ServiceAccount",
+        lambda: sa_exists(state, "default", "default"),
+        deadline,
+        COMPONENTS,
+    )
 
 
 def sa_exists(state: dict[str, Any], ns: str, name: str) -> bool:

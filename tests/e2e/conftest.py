@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
+from kubernetes import config as kube_config
 
 from .helpers import CLUSTER_DIR, LOCAL_CLUSTER, create_namespace, unique_name
 
@@ -81,7 +82,7 @@ def kubeconfig() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def kube_api(kubeconfig: str) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=kubeconfig)
+    api = kube_config.new_client_from_config(config_file=kubeconfig)
     try:
         yield api
     finally:
