@@ -18,7 +18,9 @@ State lives in $SLM_CLUSTER_DIR (default <repo>/.local-cluster):
 
 Binaries come from $SLM_BIN_DIR (default <repo>/bin), built by hack/build-bins.sh (run it first;
 `up` runs it when a binary is missing). Ports are picked free at `up` time unless set with
-SLM_APISERVER_PORT, SLM_ETCD_PORT, SLM_ETCD_PEER_PORT.
+SLM_APISERVER_PORT, SLM_ETCD_PORT, SLM_ETCD_PEER_PORT. SLM_APISERVER_ADVERTISE_ADDRESS=IP makes
+the apiserver listen on all addresses and advertise IP (for pods on a real node); default: loopback.
+SLM_CLUSTER_UP_TIMEOUT (seconds, default 120) bounds `up`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 EXPECTED_NODES = ["cpu-node-1", "cpu-node-2", "gpu-node-1", "gpu-node-2", "npu-node-1"]
 # Popen handles of the components this process started (to report how one exited).
 CHILDREN: dict[str, subprocess.Popen[bytes]] = {}
+# An address of this host that pods on a real node (hack/real-node) can reach: kube-apiserver then
+# listens on all addresses, advertises this one for the `kubernetes` Service, and its serving
+# certificate names it. Unset (default): loopback only, and the `kubernetes` Service has no
+# endpoints (Endpoints may not hold loopback addresses), which KWOK pods never notice.
+ADVERTISE = os.environ.get("SLM_APISERVER_ADVERTISE_ADDRESS", "")
 UP_TIMEOUT = float(os.environ.get("SLM_CLUSTER_UP_TIMEOUT", "120"))
 
 
@@ -123,8 +130,11 @@ def openssl(*args: str, stdin: bytes | None = None) -> None:
 
 
 def make_pki(pki: Path) -> None:
-    if (pki / ".complete").exists():
-        return
+    # .complete records the extra SAN: changing SLM_APISERVER_ADVERTISE_ADDRESS regenerates the PKI
+    marker = f"advertise={ADVERTISE}\n"
+    with contextlib.suppress(OSError):
+        if (pki / ".complete").read_text() == marker:
+            return
     shutil.rmtree(pki, ignore_errors=True)
     pki.mkdir(parents=True)
     days = "3650"
@@ -187,6 +197,7 @@ def make_pki(pki: Path) -> None:
             "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local",
         ]
+        + ([f"IP:{ADVERTISE}"] if ADVERTISE else [])
     )
     server_ext = (
         f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -207,7 +218,7 @@ def make_pki(pki: Path) -> None:
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
     for key in pki.glob("*.key"):
         key.chmod(0o600)
-    (pki / ".complete").touch()
+    (pki / ".complete").write_text(marker)
 
 
 def b64(path: Path) -> str:
@@ -403,8 +414,8 @@ def command_lines(ports: dict[str, int]) -> dict[str, list[str]]:
         "kube-apiserver": [
             binary("kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={'0.0.0.0' if ADVERTISE else '127.0.0.1'}",
+            f"--advertise-address={ADVERTISE or '127.0.0.1'}",
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={pki / 'apiserver-generated'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
