@@ -28,7 +28,7 @@ from slm_operator.errors import SpecError
 from slm_operator.placement import place
 from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
-from slm_operator.settings import Settings, image_from_env, resync_from_env
+from slm_operator.settings import Settings, image_from_env, priority_from_env, resync_from_env
 
 
 def _documents(path: str) -> list[dict[str, Any]]:
@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         liveness=args.liveness,
         resync_seconds=args.resync_seconds if args.resync_seconds is not None else resync_from_env(),
+        priority=args.priority if args.priority is not None else priority_from_env(),
     )
     run_operator(settings)
     return 0
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     peering = run.add_mutually_exclusive_group()
     peering.add_argument("--peering", help="kopf peering object name, for HA (one active replica)")
     peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    run.add_argument(
+        "--priority", type=int, help="peering priority (default: a hash of $POD_ID, distinct per replica)"
+    )
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
     run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     run.add_argument(

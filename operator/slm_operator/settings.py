@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class Settings:
     metrics_port: int = 9090
     liveness: str | None = None
     resync_seconds: float = 60.0
+    priority: int = 0
     field_manager: str = "slm-operator"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -36,3 +38,19 @@ def image_from_env(env: Mapping[str, str] | None = None) -> str:
 def resync_from_env(env: Mapping[str, str] | None = None) -> float:
     raw = (env if env is not None else os.environ).get(RESYNC_ENV)
     return float(raw) if raw else 60.0
+
+
+PRIORITY_ENV = "POD_ID"
+
+
+def priority_from_env(env: Mapping[str, str] | None = None) -> int:
+    """A peering priority that differs between replicas: a hash of the pod's name.
+
+    kopf pauses *every* replica that shares the highest priority, so HA replicas must not all
+    run with the default 0. The chart passes the pod name as $POD_ID (falling back to the host
+    name); crc32 spreads distinct names over 1..1_000_000, so two replicas collide with a
+    probability of about one in a million, and a collision only pauses them until one restarts.
+    """
+    source = env if env is not None else os.environ
+    name = source.get(PRIORITY_ENV) or source.get("HOSTNAME") or ""
+    return 1 + zlib.crc32(name.encode()) % 1_000_000 if name else 0

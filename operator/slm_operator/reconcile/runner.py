@@ -24,6 +24,7 @@ def run_operator(settings: Settings) -> None:
         memo=kopf.Memo(ctx=ctx),
         standalone=settings.standalone,
         peering_name=settings.peering,
+        priority=settings.priority,
         clusterwide=settings.all_namespaces and not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness,
