@@ -45,7 +45,8 @@ fmt: setup ## format the code
 	$(VENV)/bin/ruff format operator runtime-image tests benchmarks
 	$(VENV)/bin/ruff check --fix operator runtime-image tests benchmarks
 
-crd: setup ## regenerate the CRD (crds/ and the chart's copy) from the pydantic API model
+crd: setup ## regenerate the CRD (crds/, the chart's copy) and docs/api-reference.md from the API model
 	$(VENV)/bin/slm-operator crd > crds/slm.dev_slmdeployments.yaml
 	mkdir -p charts/slm-operator/crds
 	cp crds/slm.dev_slmdeployments.yaml charts/slm-operator/crds/slm.dev_slmdeployments.yaml
+	$(VENV)/bin/slm-operator docs > docs/api-reference.md

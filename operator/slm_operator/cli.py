@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("crd", help="print the SLMDeployment CRD (YAML)")
     sub.add_parser("rbac", help="print the ClusterRole the operator needs (YAML)")
+    sub.add_parser("docs", help="print the SLMDeployment reference (Markdown), generated from the API")
     render = sub.add_parser("render", help="print the objects an SLMDeployment becomes, without a cluster")
     render.add_argument("-f", "--filename", required=True, help="SLMDeployment YAML file ('-' for stdin)")
     render.add_argument("--nodes", help="YAML of Node (and Pod) objects to place against")
@@ -139,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "render":
         return _render(args)
+    if args.command == "docs":
+        from slm_operator.api.reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+        return 0
     if args.command == "rbac":
         from slm_operator.rbac import cluster_role  # imports kopf via the handler tables
 

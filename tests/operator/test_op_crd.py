@@ -110,3 +110,28 @@ def test_cel_rules_hold_on_bare_defaults() -> None:
             assert failures(node, node["default"]) == [], path
             checked += 1
     assert checked >= 4
+
+
+def test_committed_api_reference_matches_the_generated_one() -> None:
+    """docs/api-reference.md is generated from the API model; `make crd` refreshes it."""
+    from pathlib import Path
+
+    from slm_operator.api.reference import reference_markdown
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "api-reference.md"
+    assert committed.read_text(encoding="utf-8") == reference_markdown(), "run `make crd`"
+
+
+def test_api_reference_lists_every_spec_field_with_its_description() -> None:
+    from slm_operator.api.reference import reference_markdown
+
+    page = reference_markdown()
+    for field in (
+        "spec.model.name",
+        "spec.hardware.preference",
+        "spec.autoscaling.maxReplicas",
+        "status.conditions[].observedGeneration",
+        "status.endpoints.openai",
+    ):
+        line = next(row for row in page.splitlines() if row.startswith(f"| `{field}`"))
+        assert line.split("|")[3].strip(), f"{field} has no description"
