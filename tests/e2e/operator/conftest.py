@@ -16,6 +16,7 @@ Function fixtures:
 
 Env:
     SLM_E2E_OPERATOR_LOG   where the operator's log goes (default: a session temp dir)
+    SLM_E2E_CHART          the chart to install (default: charts/slm-operator)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from ..helpers import (
 
 RELEASE = "slm-operator"
 SYSTEM_NAMESPACE = "slm-system"
-CHART = REPO_ROOT / "charts" / "slm-operator"
+CHART = Path(os.environ.get("SLM_E2E_CHART") or REPO_ROOT / "charts" / "slm-operator")
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/warn": "restricted",
