@@ -6,7 +6,8 @@ benchmarks/.work/), then measures single-stream tokens/s of:
   server:  the same generation streamed through `slm-runtime serve` (OpenAI SSE, a new
            connection per request, measured by the client from request to `[DONE]`);
 with the same threads, prompts (unique, ~64 tokens) and output length (64 tokens, forced by
-biasing end-of-generation and lone non-ASCII byte tokens down, see FACTS). Prints
+biasing end-of-generation and lone non-ASCII byte tokens down, see FACTS). Direct and server
+requests alternate, so both see the same background load on a shared machine. Prints
 `overhead_ratio=<server/direct>` (1.0 = free; below 1 = the server is slower). Then the same
 for ONNX (onnxruntime-genai in-process vs our server) with a smaller shape.
 
@@ -16,6 +17,7 @@ for ONNX (onnxruntime-genai in-process vs our server) with a smaller shape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,7 +58,7 @@ log = logging.getLogger("runtime_overhead")
 def prompts(n: int, seed: int) -> list[str]:
     """Unique prompts (so no prompt cache can help) of about 64 tokens each."""
     rng = random.Random(seed)
-    return [f"Request {seed}-{i}: " + " ".join(rng.choice(WORDS) for _ in range(60)) for i in range(n)]
+    return [f"Request {seed}-{i}: " + " ".join(rng.choice(WORDS) for _ in range(38)) for i in range(n)]
 
 
 def ensure_model(fmt: str) -> Path:
@@ -94,36 +96,42 @@ def bias_for(vocab_tokens: int, eog: list[int]) -> dict[int, float]:
     return {**dict.fromkeys(eog, -100.0), **dict.fromkeys(range(128, 256), -100.0)}
 
 
-def direct_gguf(path: Path, threads: int, texts: list[str]) -> list[float]:
+Runner = Callable[[str], float]
+"""Runs one generation for a prompt and returns its wall time in seconds."""
+
+
+@contextlib.contextmanager
+def direct_gguf(path: Path, threads: int, bias: dict[int, float]) -> Iterator[Runner]:
     import llama_cpp
 
     llm = llama_cpp.Llama(
         str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
     )
-    eog = [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)]
-    bias = bias_for(llm.n_vocab(), eog)
-    times = []
-    for text in texts:
+
+    def run(text: str) -> float:
         started = time.perf_counter()
         n = 0
         for _ in llm.create_completion(
             text, max_tokens=OUTPUT_TOKENS, temperature=0.0, logit_bias=bias, stream=True
         ):
             n += 1
-        times.append(time.perf_counter() - started)
-        if n < OUTPUT_TOKENS - 2:  # chunks can merge a few tokens; a big gap means early stop
+        elapsed = time.perf_counter() - started
+        if n < OUTPUT_TOKENS - 2:  # chunks can merge a few tokens; a big gap means an early stop
             log.warning("direct run produced only %d chunks", n)
-    del llm
-    return times
+        return elapsed
+
+    yield run
+    llm.close()
 
 
-def direct_onnx(path: Path, texts: list[str]) -> list[float]:
+@contextlib.contextmanager
+def direct_onnx(path: Path) -> Iterator[Runner]:
     import onnxruntime_genai as og
 
     model = og.Model(str(path))
     tokenizer = og.Tokenizer(model)
-    times = []
-    for text in texts:
+
+    def run(text: str) -> float:
         started = time.perf_counter()
         tokens = tokenizer.encode(text)
         params = og.GeneratorParams(model)
@@ -136,12 +144,14 @@ def direct_onnx(path: Path, texts: list[str]) -> list[float]:
             generator.generate_next_token()
             stream.decode(int(generator.get_next_tokens()[0]))
             n += 1
-        times.append(time.perf_counter() - started)
         assert n == OUTPUT_TOKENS, n
-    return times
+        return time.perf_counter() - started
+
+    yield run
 
 
-def through_server(path: Path, threads: int, texts: list[str], bias: dict[int, float] | None) -> list[float]:
+@contextlib.contextmanager
+def through_server(path: Path, threads: int, bias: dict[int, float] | None) -> Iterator[Runner]:
     port = free_port()
     config = WORK / f"bench-{path.name}.yaml"
     config.write_text(
@@ -176,9 +186,9 @@ def through_server(path: Path, threads: int, texts: list[str], bias: dict[int, f
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
-        times = []
-        for text in texts:
-            body = {
+
+        def run(text: str) -> float:
+            body: dict[str, object] = {
                 "model": "bench",
                 "prompt": text,
                 "max_tokens": OUTPUT_TOKENS,
@@ -188,8 +198,9 @@ def through_server(path: Path, threads: int, texts: list[str], bias: dict[int, f
             }
             if bias:
                 body["logit_bias"] = {str(k): v for k, v in bias.items()}
-            started = time.perf_counter()
             usage = None
+            started = time.perf_counter()
+            # a new connection per request, as FACTS recommends for fair client measurements
             with (
                 httpx.Client(timeout=120) as client,
                 client.stream("POST", f"{url}/v1/completions", json=body) as r,
@@ -197,27 +208,32 @@ def through_server(path: Path, threads: int, texts: list[str], bias: dict[int, f
                 r.raise_for_status()
                 for line in r.iter_lines():
                     if line.startswith("data: {"):
-                        chunk = json.loads(line[6:])
-                        usage = chunk.get("usage") or usage
-            times.append(time.perf_counter() - started)
+                        usage = json.loads(line[6:]).get("usage") or usage
+            elapsed = time.perf_counter() - started
             if not usage or usage["completion_tokens"] != OUTPUT_TOKENS:
                 log.warning("server run produced %s", usage)
-        return times
+            return elapsed
+
+        yield run
     finally:
         proc.terminate()
         proc.wait(timeout=60)
 
 
-def compare(
-    name: str,
-    direct: Callable[[list[str]], list[float]],
-    server: Callable[[list[str]], list[float]],
-    requests: int,
-) -> float:
-    warm = prompts(1, 99)
-    direct(warm)
-    d = direct(prompts(requests, 1))
-    s = server(warm + prompts(requests, 2))[1:]  # first request warms the server up
+def compare(name: str, direct: Runner, server: Runner, requests: int) -> float:
+    """Alternate direct and server requests (swapping the order each round) so that both see the
+    same background load on a shared machine; unique prompts throughout; one warm-up each."""
+    direct(prompts(1, 98)[0])
+    server(prompts(1, 99)[0])
+    d: list[float] = []
+    s: list[float] = []
+    for i, (a, b) in enumerate(zip(prompts(requests, 1), prompts(requests, 2), strict=True)):
+        if i % 2:
+            s.append(server(b))
+            d.append(direct(a))
+        else:
+            d.append(direct(a))
+            s.append(server(b))
     ratio = rate(s) / rate(d)
     print(
         f"[{name}] direct={rate(d):.2f} tok/s  server={rate(s):.2f} tok/s  overhead_ratio={ratio:.3f}",
@@ -250,21 +266,13 @@ def main() -> int:
         f"prompt~64 tokens output={OUTPUT_TOKENS} tokens requests={args.requests}",
         flush=True,
     )
-    ratio = compare(
-        "gguf",
-        lambda texts: direct_gguf(gguf, args.threads, texts),
-        lambda texts: through_server(gguf, args.threads, texts, bias),
-        args.requests,
-    )
+    with direct_gguf(gguf, args.threads, bias) as direct, through_server(gguf, args.threads, bias) as server:
+        ratio = compare("gguf", direct, server, args.requests)
     print(f"overhead_ratio={ratio:.3f}")
     if not args.skip_onnx:
         onnx = ensure_model("onnx")
-        onnx_ratio = compare(
-            "onnx",
-            lambda texts: direct_onnx(onnx, texts),
-            lambda texts: through_server(onnx, args.threads, texts, None),
-            args.requests,
-        )
+        with direct_onnx(onnx) as direct, through_server(onnx, args.threads, None) as server:
+            onnx_ratio = compare("onnx", direct, server, args.requests)
         print(f"onnx_overhead_ratio={onnx_ratio:.3f}")
     return 0
 
