@@ -135,6 +135,9 @@ def test_deployment_pod_security_and_probes() -> None:
     assert runtime["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # preStop sleep + the runtime's drain must fit in the grace period, or SIGKILL cuts requests.
+    pre_stop = runtime["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) + 30 < pod["terminationGracePeriodSeconds"]
     assert {"name": "tmp", "mountPath": "/tmp"} in runtime["volumeMounts"]
     assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [

@@ -97,6 +97,10 @@ def _runtime_container(ctx: RenderContext) -> dict[str, Any]:
         "startupProbe": _probe("/healthz", period=5, failures=120),
         "readinessProbe": _probe("/readyz", period=5, failures=3),
         "livenessProbe": _probe("/healthz", period=10, failures=3, timeout=5),
+        # Endpoints controllers and kube-proxy need a moment to drop a terminating pod; until then
+        # new requests still arrive. Sleeping before SIGTERM lets them go elsewhere, and the
+        # runtime then drains what it has (drainSeconds 30 + 5 < terminationGracePeriodSeconds 45).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
