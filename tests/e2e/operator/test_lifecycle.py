@@ -10,7 +10,7 @@ from kubernetes import client
 
 from ..helpers import wait_for
 from . import support
-from .conftest import OperatorProcess
+from .conftest import RESYNC_SECONDS, OperatorProcess
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -161,3 +161,30 @@ def test_missing_auth_secret_degrades_then_heals(
     dep = support.deployment(kube_api, slm_namespace, name)
     volumes = {v.name: v for v in dep.spec.template.spec.volumes}
     assert any(v.secret is not None and v.secret.secret_name == secret for v in volumes.values())
+
+
+def _secret_events(api: client.ApiClient, namespace: str, name: str) -> int:
+    events = support.events_for(api, namespace, "SLMDeployment", name)
+    return sum(e.count or 1 for e in events if e.reason == "SecretNotFound")
+
+
+def test_secret_deleted_later_degrades_with_an_event(kube_api: client.ApiClient, slm_namespace: str) -> None:
+    """Nothing but the periodic resync notices a deleted Secret: its Degraded status and its
+    Warning Event must both appear (the resync runs outside any kopf handler)."""
+    name = "authn-later"
+    secret = "later-keys"
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        slm_namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name=secret), string_data={"api-key": "sk-e2e\n"}),
+    )
+    support.create(kube_api, slm_namespace, support.tiny(name, auth={"apiKeySecretRef": {"name": secret}}))
+    _ready(kube_api, slm_namespace, name)
+    assert _secret_events(kube_api, slm_namespace, name) == 0
+
+    client.CoreV1Api(kube_api).delete_namespaced_secret(secret, slm_namespace)
+    obj = support.wait_condition(
+        kube_api, slm_namespace, name, "Degraded", "True", reason="SecretNotFound", timeout=RESYNC_SECONDS * 3
+    )
+    assert secret in support.condition(obj, "Degraded")["message"]  # type: ignore[index]
+    assert support.deployment(kube_api, slm_namespace, name)  # what runs keeps running
+    wait_for(lambda: _secret_events(kube_api, slm_namespace, name) >= 1, 15, "a SecretNotFound Event")
