@@ -74,6 +74,18 @@ class OperatorProcess:
     process: subprocess.Popen[bytes]
     log: Path
     kubeconfig: Path
+    metrics_url: str
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The current value of one sample of the operator's Prometheus metrics (0 if absent)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == (f"{name}{{{want}}}" if want else name):
+                return float(value)
+        return 0.0
 
 
 def _free_port() -> int:
@@ -159,6 +171,7 @@ def operator(
     )
     log_path = Path(os.environ.get("SLM_E2E_OPERATOR_LOG") or workdir / "operator.log")
     health = f"http://127.0.0.1:{_free_port()}/healthz"
+    metrics_port = _free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(sa_config),
@@ -173,7 +186,7 @@ def operator(
         "run",
         "--all-namespaces",
         "--standalone",
-        f"--metrics-port={_free_port()}",
+        f"--metrics-port={metrics_port}",
         f"--liveness={health}",
         f"--resync-seconds={RESYNC_SECONDS}",
     ]
@@ -181,7 +194,7 @@ def operator(
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
         )
-    running = OperatorProcess(process, log_path, sa_config)
+    running = OperatorProcess(process, log_path, sa_config, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
 
         def up() -> bool:

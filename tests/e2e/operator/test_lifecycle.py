@@ -129,6 +129,31 @@ def test_every_drift_correction_is_reported(kube_api: client.ApiClient, slm_name
     wait_for(lambda: _drift_events(kube_api, slm_namespace, name) >= 2, 20, "two DriftCorrected Events")
 
 
+def test_own_writes_are_not_mistaken_for_drift(
+    kube_api: client.ApiClient, slm_namespace: str, operator: OperatorProcess
+) -> None:
+    """A spec change is one reconcile: the watch events of the operator's own apply are not edits
+    (no extra `drift` reconciles, which would also repeat the change's Events)."""
+    name = "own-writes"
+    support.create(kube_api, slm_namespace, support.tiny(name))
+    _ready(kube_api, slm_namespace, name)
+
+    def drift_reconciles() -> float:
+        return operator.metric("slm_operator_reconciles_total", trigger="drift")
+
+    def settled() -> tuple[float] | None:
+        # other tests' namespaces being deleted cause (legitimate) drift reconciles: wait for quiet
+        before = drift_reconciles()
+        time.sleep(2)
+        return (before,) if drift_reconciles() == before else None
+
+    (before,) = wait_for(settled, 30, "no drift reconciles for 2s")
+    support.patch_spec(kube_api, slm_namespace, name, {"prompt": {"system": "Be brief."}})
+    _ready(kube_api, slm_namespace, name)
+    time.sleep(2)  # the watch events of the apply arrive within milliseconds
+    assert drift_reconciles() == before
+
+
 def test_missing_auth_secret_degrades_then_heals(
     kube_api: client.ApiClient, slm_namespace: str, operator: OperatorProcess
 ) -> None:
