@@ -6,10 +6,13 @@ Session fixtures:
                        ServiceAccount, ClusterRole + binding); its in-cluster Deployment is scaled
                        to 0 (a KWOK node would never run it), the CRD refreshed server-side (Helm
                        never upgrades CRDs on its own)
+
+Package fixture:
     operator           `slm-operator run --all-namespaces --standalone` as a local subprocess that
                        authenticates with a TokenRequest token of the chart's ServiceAccount, so
                        every test also proves the chart's RBAC sufficient; its log is printed when a
-                       test fails and it is stopped at the end of the session
+                       test fails; it is stopped once this package's tests are done, so that it
+                       never competes with an operator another e2e module runs
 
 Function fixtures:
     slm_namespace      a fresh namespace labelled pod-security enforce/warn=restricted
@@ -157,7 +160,7 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(
     operator_release: Release, kube_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
@@ -208,7 +211,7 @@ def operator(
         _stop(process)
 
 
-def tail(op: OperatorProcess, lines: int = 150) -> str:
+def tail(op: OperatorProcess, lines: int = 80) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(op.log.read_text(errors="replace").splitlines()[-lines:])
     return "(no operator log)"
