@@ -5,7 +5,7 @@
 # Built binaries are kept outside the checkout, in ~/.cache/slm-operator/bin/<key>/, where <key>
 # hashes everything that decides their bytes (go.mod, go.sum, versions.env, the mains, this script,
 # the Go version). A fresh clone on a warm machine only links them into bin/; a cold machine builds
-# them once (about 25 minutes on 2 cores, see hack/k8sbin/README.md).
+# them once (about 15 minutes on 2 shared cores, see hack/k8sbin/README.md).
 #
 # Env: SLM_BIN_CACHE (default ~/.cache/slm-operator/bin), SLM_BIN_DIR (default <repo>/bin),
 #      SLM_BUILD_NICE (default 10).
@@ -52,7 +52,7 @@ if ! flock -n 9; then
 fi
 
 if ! { [ -f "$CACHE/.complete" ] && have_all "$CACHE"; }; then
-  log "building into $CACHE (cold: expect ~25 min on 2 cores; nice -n ${SLM_BUILD_NICE:-10})"
+  log "building into $CACHE (cold: ~15 min on 2 cores, minutes if GOCACHE is warm; nice -n ${SLM_BUILD_NICE:-10})"
   tmp="$CACHE_ROOT/.tmp-$key-$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
   trap 'rm -rf "$tmp"' EXIT
