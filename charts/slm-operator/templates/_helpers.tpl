@@ -104,6 +104,11 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments/status"]
   verbs: ["get", "patch", "update"]
+# Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
+# admission plugin is on (e.g. OpenShift), setting it needs update on the owner's finalizers.
+- apiGroups: ["slm.dev"]
+  resources: ["slmdeployments/finalizers"]
+  verbs: ["update"]
 # The children of an SLMDeployment, reconciled by server-side apply.
 - apiGroups: ["apps"]
   resources: ["deployments"]
