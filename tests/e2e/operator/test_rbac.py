@@ -38,6 +38,8 @@ ALLOWED = [
     *_all("get list watch patch", "slm.dev", "slmdeployments"),
     *_all("get list watch", "slm.dev", "slmdeployments", None),  # cluster-wide watch
     Access("patch", "slm.dev", "slmdeployments", subresource="status"),
+    # blockOwnerDeletion on the children's ownerReferences, where OwnerReferencesPermissionEnforcement is on
+    Access("update", "slm.dev", "slmdeployments", subresource="finalizers"),
     *_all(CHILD_VERBS, "apps", "deployments"),
     *_all(CHILD_VERBS, "", "services"),
     *_all(CHILD_VERBS, "", "configmaps"),
