@@ -141,6 +141,34 @@ class Kube:
         found = self._call("list SLMDeployments", lambda: resource.get(namespace=namespace))
         return [item.to_dict() for item in found.items]
 
+    def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
+        """Create a core/v1 Event about `involved` (what kopf.event does, for code outside a handler)."""
+        meta = involved.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._field_manager},
+            "reportingComponent": self._field_manager,
+            "reportingInstance": self._field_manager,
+            "firstTimestamp": timestamp,
+            "lastTimestamp": timestamp,
+            "count": 1,
+        }
+        resource = self._call("discover Event", lambda: self._resource("v1", "Event"))
+        self._call(f"post event {reason}", lambda: resource.create(body=event, namespace=namespace))
+
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         """JSON merge patch of the status subresource (lists such as conditions are replaced whole)."""
         resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))

@@ -56,6 +56,7 @@ class FakeCluster:
         self.deletes: list[Obj] = []
         self.owner: Obj | None = None
         self.version = 100
+        self.events: list[tuple[str, str, str]] = []
 
     def list_nodes(self) -> list[Obj]:
         return copy.deepcopy(self.nodes)
@@ -103,6 +104,10 @@ class FakeCluster:
 
     def list_slmdeployments(self, namespace: str | None = None) -> list[Obj]:
         return [copy.deepcopy(self.owner)] if self.owner else []
+
+    def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
+        assert involved["metadata"]["uid"] == UID and timestamp
+        self.events.append((type, reason, message))
 
     def kinds(self) -> list[str]:
         return sorted(k for _, k, _, _ in self.objects)
@@ -425,3 +430,29 @@ def test_failures_are_counted() -> None:
         run_reconcile(ctx, body, "change")
     assert ctx.metrics.errors.labels(reason="PlacementFailed")._value.get() == 1
     assert cluster.applies == []
+
+
+def test_events_outside_a_kopf_handler_go_through_the_api() -> None:
+    """The resync loop is no kopf handler (kopf.event has no posting context there): its Events,
+    e.g. a placement change or a Secret deleted later, are posted through the API instead."""
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "resync")
+    assert [(t, r) for t, r, _ in cluster.events] == [("Normal", "Placed")]
+    cluster.owner["spec"]["auth"] = {"apiKeySecretRef": {"name": "keys", "key": "api-key"}}
+    with pytest.raises(kopf.TemporaryError):
+        run_reconcile(ctx, plain(cluster.owner), "resync")
+    assert cluster.events[-1][:2] == ("Warning", "SecretNotFound")
+    assert "ns/keys" in cluster.events[-1][2]
+
+
+def test_event_posting_failure_never_fails_a_reconcile() -> None:
+    class NoEvents(FakeCluster):
+        def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
+            raise KubeError("post event: 403 Forbidden", status=403)
+
+    cluster = NoEvents()
+    cluster.owner = _body()
+    run_reconcile(_ctx(cluster), plain(cluster.owner), "resync")
+    assert "Deployment" in cluster.kinds()

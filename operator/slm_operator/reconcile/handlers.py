@@ -84,16 +84,24 @@ def kopf_error(err: SlmOperatorError) -> Exception:
     return kopf.TemporaryError(str(err), delay=10.0)
 
 
-def post(body: Obj, events: list[Event]) -> None:
-    """Post Events on the SLMDeployment through kopf (best effort: never fails a reconcile)."""
+def post(ctx: OperatorContext, body: Obj, events: list[Event]) -> None:
+    """Post Events on the SLMDeployment (best effort: never fails a reconcile).
+
+    Inside a kopf handler through kopf's poster; elsewhere (the resync loop, which kopf does not
+    run as a handler, so its posting context is missing) directly through the API.
+    """
     target = kopf.Body(cast(kopf.RawBody, body))
     for kind, reason, message in events:
         try:
             # kopf.event, not kopf.info: info() is filtered by settings.posting.level (WARNING here,
             # so that kopf's own log lines do not become Events).
             kopf.event(target, type=kind, reason=reason, message=message)
-        except LookupError:  # outside kopf's posting context (e.g. unit tests): log only
+        except LookupError:
             log.info("event %s %s: %s", kind, reason, message)
+            try:
+                ctx.cluster.post_event(body, kind, reason, message, now_rfc3339())
+            except KubeError as err:
+                log.warning("could not post event %s: %s", reason, err)
 
 
 def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> set[Key]:
@@ -111,13 +119,13 @@ def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> set[Key]:
             log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)
             if not isinstance(err, KubeError):
                 try:
-                    post(body, report_failure(body, err, ctx.cluster))
+                    post(ctx, body, report_failure(body, err, ctx.cluster))
                 except KubeError as status_err:
                     log.warning("could not report the failure: %s", status_err)
             raise kopf_error(err) from err
     changed = ctx.applied.remember(outcome.desired, outcome.applied)
     ctx.metrics.record_children((owner.namespace, owner.name), count_by_kind(outcome.applied))
-    post(body, outcome.events)
+    post(ctx, body, outcome.events)
     return changed
 
 
@@ -151,7 +159,9 @@ def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
             return
         if key in changed:  # stale events of an already corrected edit apply nothing new: stay quiet
             log.info("%s %s/%s was %s; re-applied", obj.get("kind"), key[2], key[3], what)
-            post(owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")])
+            post(
+                ctx, owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")]
+            )
         return
     if obj.get("kind") == "Deployment":
         # Under the owner's lock and with a fresh owner: a reconcile that is patching status from
