@@ -92,3 +92,10 @@ def test_busy_npu_falls_back_then_returns_when_free(
     assert back["status"]["hardware"] == "npu"
     assert back["status"]["variant"]["format"] == "onnx"
     wait_for(lambda: bound_to("npu-node-"), 60, "the npu example back on npu-node-1")
+
+    # The move is announced like any placement change, though the resync (no kopf handler) made it.
+    def placed_on_npu() -> list[str]:
+        events = support.events_for(kube_api, slm_namespace, "SLMDeployment", name)
+        return [e.message for e in events if e.reason == "Placed" and "on npu" in (e.message or "")]
+
+    wait_for(placed_on_npu, 15, "a Placed Event for the move back to the NPU")
