@@ -112,6 +112,19 @@ class Kube:
         items = self._call(what, lambda: resource.get(namespace=namespace, label_selector=selector))
         return [dict(item.to_dict(), apiVersion=api_version, kind=kind) for item in items.items]
 
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        """One child as the server has it now, or None when it does not exist."""
+        what = f"get {kind} {namespace}/{name}"
+        resource = self._call(what, lambda: self._resource(api_version, kind))
+        try:
+            with _mapped(what):
+                found = resource.get(name=name, namespace=namespace)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(found.to_dict(), apiVersion=api_version, kind=kind)
+
     def delete(self, obj: Obj) -> None:
         meta = obj["metadata"]
         what = f"delete {obj['kind']} {meta.get('namespace')}/{meta['name']}"

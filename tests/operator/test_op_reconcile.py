@@ -4,6 +4,8 @@ fake API (the same protocol `slm_operator.kube.Kube` implements)."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -108,6 +110,10 @@ class FakeCluster:
     def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
         assert involved["metadata"]["uid"] == UID and timestamp
         self.events.append((type, reason, message))
+
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        found = self.objects.get((api_version, kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
 
     def kinds(self) -> list[str]:
         return sorted(k for _, k, _, _ in self.objects)
@@ -456,3 +462,69 @@ def test_event_posting_failure_never_fails_a_reconcile() -> None:
     cluster.owner = _body()
     run_reconcile(_ctx(cluster), plain(cluster.owner), "resync")
     assert "Deployment" in cluster.kinds()
+
+
+def _edit_service(cluster: FakeCluster, port: int) -> Obj:
+    """A hand edit of the Service, as the API stores it and a watch delivers it."""
+    service = copy.deepcopy(next(o for o in cluster.objects.values() if o["kind"] == "Service"))
+    service["spec"]["ports"][0]["port"] = port
+    cluster.version += 1
+    service["metadata"]["resourceVersion"] = str(cluster.version)
+    cluster.objects[key_of(service)] = copy.deepcopy(service)
+    return service
+
+
+def _drift_events(cluster: FakeCluster) -> int:
+    return sum(1 for _, reason, _ in cluster.events if reason == "DriftCorrected")
+
+
+def test_every_correction_is_reported_once() -> None:
+    """Two edits, two corrections, two Events; the stale event of an edit that is already corrected
+    (the live object is fine again) neither re-applies nor reports."""
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    first = _edit_service(cluster, 9999)
+    on_child_event(type="MODIFIED", body=first, memo=_Memo(ctx))
+    second = _edit_service(cluster, 7777)
+    on_child_event(type="MODIFIED", body=second, memo=_Memo(ctx))
+    assert _drift_events(cluster) == 2
+    applies = len(cluster.applies)
+    on_child_event(type="MODIFIED", body=first, memo=_Memo(ctx))  # stale: already corrected
+    assert len(cluster.applies) == applies
+    assert _drift_events(cluster) == 2
+
+
+def test_own_write_seen_before_it_is_remembered_is_not_drift() -> None:
+    """The watch event of an apply arrives (on kopf's worker thread) while that reconcile still
+    runs and has not remembered what it applied: the drift check waits for the owner's lock and
+    then recognises the operator's own write, with no extra reconcile."""
+    cluster = FakeCluster()
+    ctx = _ctx(cluster)
+    cluster.owner = _body()
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    cluster.owner["spec"]["runtime"] = {"contextLength": 2048}
+    cluster.owner["metadata"]["generation"] = 2
+    original = cluster.apply
+    workers: list[threading.Thread] = []
+
+    def apply_and_deliver(obj: Obj) -> Obj:
+        result = original(obj)
+        if obj["kind"] == "ConfigMap":
+            event = copy.deepcopy(result)
+            worker = threading.Thread(
+                target=on_child_event, kwargs={"type": "MODIFIED", "body": event, "memo": _Memo(ctx)}
+            )
+            worker.start()
+            workers.append(worker)
+            time.sleep(0.1)  # let the event handler get going while this reconcile is in flight
+        return result
+
+    cluster.apply = apply_and_deliver  # type: ignore[method-assign]
+    run_reconcile(ctx, plain(cluster.owner), "change")
+    for worker in workers:
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+    assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0
+    assert _drift_events(cluster) == 0

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.plan import Key, Obj, comparable, key_of
 from slm_operator.reconcile.reconciler import Cluster
-from slm_operator.render import MANAGED_BY as FIELD_MANAGER
 from slm_operator.settings import Settings
 
 
@@ -21,6 +20,7 @@ class OperatorCluster(Cluster, Protocol):
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def list_slmdeployments(self, namespace: str | None = None) -> list[Obj]: ...
     def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None: ...
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
 
 
 class AppliedCache:
@@ -30,24 +30,16 @@ class AppliedCache:
         self._lock = threading.Lock()
         self._objects: dict[Key, Obj] = {}
         self._versions: dict[Key, str] = {}
-        self._stamps: dict[Key, str] = {}
 
     def remember(
         self, desired: Iterable[Mapping[str, Any]], applied: Iterable[Mapping[str, Any]] = ()
-    ) -> set[Key]:
-        """Store what was applied; return the keys the apply actually changed (new resourceVersion)."""
-        changed: set[Key] = set()
+    ) -> None:
+        """Store what was applied and the resourceVersion each apply left."""
         with self._lock:
             for obj in desired:
                 self._objects[key_of(obj)] = comparable(obj)
             for obj in applied:
-                key = key_of(obj)
-                stamp = _apply_stamp(obj)
-                if self._stamps.get(key) != stamp:
-                    changed.add(key)
-                self._stamps[key] = stamp
-                self._versions[key] = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        return changed
+                self._versions[key_of(obj)] = str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
     def is_own_write(self, obj: Mapping[str, Any]) -> bool:
         """Whether `obj` is exactly the version the operator's last apply produced."""
@@ -64,34 +56,18 @@ class AppliedCache:
             self._objects.pop(key, None)
 
 
-def _apply_stamp(obj: Mapping[str, Any]) -> str:
-    """When the operator's own apply last changed the object (its managedFields entry's time).
-
-    A no-op server-side apply leaves that time alone even when others (controllers writing status)
-    bumped resourceVersion meanwhile, so it tells a real correction from a repeated one.
-    """
-    meta = obj.get("metadata") or {}
-    for entry in meta.get("managedFields") or ():
-        if (
-            entry.get("manager") == FIELD_MANAGER
-            and entry.get("operation") == "Apply"
-            and not entry.get("subresource")
-        ):
-            return str(entry.get("time"))
-    return str(meta.get("resourceVersion", ""))
-
-
 class OwnerLocks:
     """One lock per SLMDeployment: triggers for the same object reconcile one at a time."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
 
     @contextmanager
     def hold(self, namespace: str, name: str) -> Iterator[None]:
+        """Reentrant: a drift check holds it across the reconcile it runs."""
         with self._guard:
-            lock = self._locks.setdefault((namespace, name), threading.Lock())
+            lock = self._locks.setdefault((namespace, name), threading.RLock())
         with lock:
             yield
 

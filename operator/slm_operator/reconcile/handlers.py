@@ -6,7 +6,8 @@ Triggers, all running the same level-based reconcile:
 - a periodic resync (`--resync-seconds`, default 60) that also re-places when nodes change; it is an
   operator-level loop started at startup rather than a kopf timer, so no finalizer is put on objects;
 - events of owned children (label `app.kubernetes.io/managed-by=slm-operator`): a deleted child, or
-  one whose fields differ from what was last applied, is re-applied at once (drift correction);
+  one whose fields differ from what was last applied, is re-applied at once (drift correction, one
+  `DriftCorrected` Event each) once the live object confirms it (see `correct_drift`);
   Deployment events also refresh `status.readyReplicas` and the Ready/Progressing conditions.
 
 Error mapping: invalid or unsatisfiable spec -> Degraded + Event + `kopf.PermanentError` (nothing
@@ -104,11 +105,8 @@ def post(ctx: OperatorContext, body: Obj, events: list[Event]) -> None:
                 log.warning("could not post event %s: %s", reason, err)
 
 
-def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> set[Key]:
-    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure.
-
-    Returns the children the apply actually changed (a no-op server-side apply keeps resourceVersion).
-    """
+def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
+    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure."""
     owner = Owner.from_body(body)
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
@@ -123,10 +121,9 @@ def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> set[Key]:
                 except KubeError as status_err:
                     log.warning("could not report the failure: %s", status_err)
             raise kopf_error(err) from err
-    changed = ctx.applied.remember(outcome.desired, outcome.applied)
+        ctx.applied.remember(outcome.desired, outcome.applied)
     ctx.metrics.record_children((owner.namespace, owner.name), count_by_kind(outcome.applied))
     post(ctx, body, outcome.events)
-    return changed
 
 
 def on_change(body: Any, memo: Any, **_: Any) -> None:
@@ -150,18 +147,8 @@ def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
     key = key_of(obj)
     desired = ctx.applied.get(key)
     edited = type != "DELETED" and desired is not None and not ctx.applied.is_own_write(obj)
-    if type == "DELETED" or (edited and drifted(desired, comparable(obj))):
-        what = "deleted" if type == "DELETED" else "edited"
-        try:
-            changed = run_reconcile(ctx, owner_body, "drift")
-        except (kopf.PermanentError, kopf.TemporaryError) as err:
-            log.warning("drift correction failed: %s", err)
-            return
-        if key in changed:  # stale events of an already corrected edit apply nothing new: stay quiet
-            log.info("%s %s/%s was %s; re-applied", obj.get("kind"), key[2], key[3], what)
-            post(
-                ctx, owner_body, [("Normal", "DriftCorrected", f"restored {what} {obj.get('kind')} {key[3]}")]
-            )
+    suspect = type == "DELETED" or (edited and drifted(desired, comparable(obj)))
+    if suspect and (correct_drift(ctx, owner, key) or type == "DELETED"):
         return
     if obj.get("kind") == "Deployment":
         # Under the owner's lock and with a fresh owner: a reconcile that is patching status from
@@ -173,6 +160,40 @@ def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
             update = observed_status(obj, fresh.get("status") or {}, now_rfc3339())
             if update is not None:
                 ctx.cluster.patch_status(owner.namespace, owner.name, update)
+
+
+def correct_drift(ctx: OperatorContext, owner: Owner, key: Key) -> bool:
+    """Re-apply a child that a watch event shows deleted or edited, if it still is; True if it was.
+
+    Decided under the owner's lock, so that a reconcile in flight has finished (the event may show
+    that reconcile's own write, not yet remembered when the event arrived), and on the live object
+    rather than the event's copy (a stale event of an edit that is already corrected changes
+    nothing). Each real correction is then reported once.
+    """
+    api_version, kind, namespace, name = key
+    with ctx.locks.hold(owner.namespace, owner.name):
+        try:
+            live = ctx.cluster.read(api_version, kind, namespace, name)
+            owner_body = ctx.cluster.get_slmdeployment(owner.namespace, owner.name)
+        except KubeError as err:
+            log.warning("drift check of %s %s/%s: %s", kind, namespace, name, err)
+            return False
+        if owner_body is None or (owner_body.get("metadata") or {}).get("deletionTimestamp"):
+            return True
+        desired = ctx.applied.get(key)
+        if live is not None and (
+            desired is None or ctx.applied.is_own_write(live) or not drifted(desired, comparable(live))
+        ):
+            return False
+        what = "deleted" if live is None else "edited"
+        try:
+            run_reconcile(ctx, owner_body, "drift")
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            log.warning("drift correction failed: %s", err)
+            return True
+    log.info("%s %s/%s was %s; re-applied", kind, namespace, name, what)
+    post(ctx, owner_body, [("Normal", "DriftCorrected", f"restored {what} {kind} {name}")])
+    return True
 
 
 async def resync_forever(ctx: OperatorContext) -> None:
