@@ -144,13 +144,18 @@ def test_own_writes_are_not_mistaken_for_drift(
     def drift_reconciles() -> float:
         return operator.metric("slm_operator_reconciles_total", trigger="drift")
 
+    core = client.CoreV1Api(kube_api)
+
     def settled() -> tuple[float] | None:
-        # other tests' namespaces being deleted cause (legitimate) drift reconciles: wait for quiet
+        # Earlier tests' namespaces being deleted cause drift reconciles (their children vanish):
+        # wait until none is terminating and the count stands still.
+        if any(ns.status.phase == "Terminating" for ns in core.list_namespace().items):
+            return None
         before = drift_reconciles()
         time.sleep(2)
         return (before,) if drift_reconciles() == before else None
 
-    (before,) = wait_for(settled, 30, "no drift reconciles for 2s")
+    (before,) = wait_for(settled, 90, "no namespace terminating and no drift reconciles for 2s")
     support.patch_spec(kube_api, slm_namespace, name, {"prompt": {"system": "Be brief."}})
     _ready(kube_api, slm_namespace, name)
     time.sleep(2)  # the watch events of the apply arrive within milliseconds
