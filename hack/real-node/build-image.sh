@@ -6,8 +6,8 @@
 #      with python3 + python3-venv (+ the C/C++ runtime libraries llama.cpp links), committed with
 #      `buildah from scratch` + copy + `buildah commit`. Cached as an OCI archive.
 #   2. `buildah bud --build-arg BASE_IMAGE=localhost/slm-base:bookworm -f runtime-image/Dockerfile`
-#      on a copy of the checkout (git's tracked + untracked-not-ignored files, as `docker build .`
-#      would see it less ignored files), with the cached llama-cpp-python wheel from
+#      on a copy of the files the Dockerfile COPYs (CONTEXT_PATHS below; git's tracked and
+#      untracked-not-ignored files), with the cached llama-cpp-python wheel from
 #      hack/build-llama-wheel.sh put in the context and named by --build-arg LLAMA_WHEEL_DIR
 #      (SLM_IMAGE_COMPILE_LLAMA=1 leaves it out: the Dockerfile then compiles llama-cpp-python).
 #   3. `buildah push` to docker-archive:~/.cache/slm-operator/images/slm-runtime-<key>.tar, where
@@ -102,8 +102,10 @@ fi
 # ---- 2. build context + key ----------------------------------------------------------------
 ctx=$(mktemp -d "$IMAGES/.ctx-XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
-# what `docker build .` sends, less what git ignores (venvs, bin/, caches, models)
-( cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
+# What the Dockerfile COPYs (git's tracked + untracked-not-ignored files under these paths), so
+# that the cache key changes only when the image would. A new COPY source must be added here.
+CONTEXT_PATHS=(pyproject.toml README.md operator runtime-image)
+( cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- "${CONTEXT_PATHS[@]}" \
     | tar --null -T - --ignore-failed-read -cf - 2>/dev/null ) | tar -C "$ctx" -xf -
 wheel_args=()
 if [ "${SLM_IMAGE_COMPILE_LLAMA:-0}" != 1 ]; then
@@ -133,6 +135,11 @@ if [ ! -f "$archive" ]; then
   buildah push --quiet "$IMAGE" "docker-archive:$archive.tmp:$IMAGE" >/dev/null
   mv "$archive.tmp" "$archive"
   log "runtime image built in $(( $(date +%s) - t0 ))s -> $archive ($(du -h "$archive" | cut -f1))"
+  # keep the cache bounded: the two newest runtime archives, and only their tags in buildah's store
+  ls -t "$IMAGES"/slm-runtime-*.tar | tail -n +3 | while read -r old; do
+    rm -f "$old"
+    buildah rmi "$REPO:$(basename "$old" .tar | sed 's/^slm-runtime-//')" >/dev/null 2>&1 || true
+  done
 else
   log "cached: $archive"
 fi
