@@ -416,6 +416,7 @@ async def level(
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(c)))
     wall = time.perf_counter() - t0
+    load1 = os.getloadavg()[0]
     ttfts = sorted(r.ttft for r in results)
     itls = sorted(x for r in results for x in r.itls)
     tokens = sum(r.tokens for r in results)
@@ -430,6 +431,7 @@ async def level(
         "ttft_p95": _pct(ttfts, 95),
         "itl_p50": _pct(itls, 50),
         "itl_p95": _pct(itls, 95),
+        "load1": load1,
     }
 
 
@@ -469,35 +471,43 @@ def main() -> int:
         f"model {path.name}; {len(work.logit_bias)} tokens biased down; "
         f"prompts of {args.prompt_tokens} tokens"
     )
-    table: dict[str, list[dict[str, float]]] = {}
+    table: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     offset = 0
-    for server in servers(names, path, args):
-        server.start(WORK / f"{server.name}.log")
-        try:
+    # All servers run at once (idle ones cost nothing) and each concurrency level is measured on
+    # every server back to back, so a change in background load hits all of them alike.
+    running = servers(names, path, args)
+    try:
+        for server in running:
+            server.start(WORK / f"{server.name}.log")
             asyncio.run(level(server.port, work, offset, 1, per_client=1, args=args))  # warm-up
             offset += 1
-            table[server.name] = []
-            for c in levels:
+        for c in levels:
+            for server in running:
                 row = asyncio.run(
                     level(server.port, work, offset, c, per_client=args.requests_per_client, args=args)
                 )
                 offset += c * args.requests_per_client
                 table[server.name].append(row)
-                log(f"{server.name} c={c}: {row['tok_s']:.1f} tok/s, ttft p95 {row['ttft_p95']:.2f}s")
-        finally:
+                log(
+                    f"{server.name} c={c}: {row['tok_s']:.1f} tok/s, ttft p95 {row['ttft_p95']:.2f}s, "
+                    f"load1 {row['load1']:.1f}"
+                )
+    finally:
+        for server in running:
             server.stop()
     args.out.write_text(json.dumps(table, indent=2))
     print(
         f"threads={args.threads} parallel={args.parallel} ctx/slot={args.ctx} "
         f"prompt={args.prompt_tokens} tok, output={args.max_tokens} tok, load1 at start={load1:.2f}\n"
     )
-    print("| server | c | requests | agg tok/s | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| server | c | requests | agg tok/s | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms | load1 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in table.items():
         for r in rows:
             print(
                 f"| {name} | {r['concurrency']} | {r['requests']} | {r['tok_s']:.1f} | {r['ttft_p50']:.2f} | "
-                f"{r['ttft_p95']:.2f} | {r['itl_p50'] * 1000:.0f} | {r['itl_p95'] * 1000:.0f} |"
+                f"{r['ttft_p95']:.2f} | {r['itl_p50'] * 1000:.0f} | {r['itl_p95'] * 1000:.0f} | "
+                f"{r['load1']:.1f} |"
             )
 
     def at8(name: str) -> float | None:

@@ -83,9 +83,12 @@ class BatchedSettings:
     threads: int | None = None
     gpu_layers: int = 0
     """Layers offloaded to a GPU build of llama.cpp; -1 = all (ignored by CPU builds)."""
-    kv_unified: bool = False
-    """One KV buffer for all slots. Off: each slot attends over its own cells only (faster when
-    prompts do not share a long prefix, and what llama-server does by default)."""
+    kv_unified: bool = True
+    """One KV buffer for all slots (llama-server's choice for `-np auto`). With per-slot buffers
+    llama.cpp must split a batch into equal-length runs of consecutive sequence ids, so a step
+    mixing decode tokens and a prompt chunk, or running slots 0, 2 and 5, costs several passes
+    over the weights; unified, every step is one pass. Off: attention scans only a slot's own
+    cells, which wins only for long contexts."""
     flash_attn: bool | None = None
     """None: llama.cpp decides (on for CPU), like the serial backend, so outputs match."""
 
