@@ -90,7 +90,9 @@ def detect_format(path: Path) -> str:
 
 
 def build_engine(settings: RuntimeConfig) -> Any:
-    """Backend + SerialEngine for the configured model (imports the native libraries lazily)."""
+    """The engine for the configured model (imports the native libraries lazily): GGUF with
+    `runtime.parallel > 1` gets the continuous-batching engine, everything else a backend behind
+    the SerialEngine."""
     from slm_runtime.backends.base import Backend
     from slm_runtime.engine import SerialEngine
     from slm_runtime.hardware import cpu_limit
@@ -101,6 +103,22 @@ def build_engine(settings: RuntimeConfig) -> Any:
     fmt = settings.model.format if settings.model.format != "auto" else detect_format(path)
     rt = settings.runtime
     backend: Backend
+    if fmt == "gguf" and rt.parallel > 1:
+        # Continuous batching: every running sequence shares each decode (backends/gguf_batched.py).
+        from slm_runtime.backends.gguf_batched import BatchedGGUFEngine, BatchedSettings
+
+        return BatchedGGUFEngine(
+            str(path),
+            settings=BatchedSettings(
+                parallel=rt.parallel,
+                context_length=rt.context_length,
+                batch_size=rt.batch_size,
+                threads=rt.threads or cpu_limit(),
+                gpu_layers=rt.gpu_layers,
+            ),
+            name=settings.model.name,
+            quantization=settings.model.quantization,
+        )
     if fmt == "gguf":
         from slm_runtime.backends.gguf import GgufBackend
 

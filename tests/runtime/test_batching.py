@@ -9,10 +9,11 @@ beyond the slot count wait in the queue instead of failing.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -99,8 +100,8 @@ def test_concurrent_outputs_equal_one_by_one(model_path: Path) -> None:
     assert len({len(t) for t in expected}) > 1 or len(set(expected)) > 1  # the prompts really differ
 
 
-def test_concurrent_outputs_equal_with_unified_kv_and_small_batches(model_path: Path) -> None:
-    """Prompt chunks split across steps (batch_size 8) and a shared KV buffer change nothing."""
+def test_concurrent_outputs_equal_with_per_slot_kv_and_small_batches(model_path: Path) -> None:
+    """Prompt chunks split across steps (batch_size 8) and one KV stream per slot change nothing."""
     params = greedy(16)
     expected = one_by_one(model_path, PROMPTS, params)
 
@@ -109,7 +110,7 @@ def test_concurrent_outputs_equal_with_unified_kv_and_small_batches(model_path: 
         return [text for text, _ in done]
 
     async def main() -> list[str]:
-        settings = BatchedSettings(parallel=8, context_length=256, batch_size=8, threads=1, kv_unified=True)
+        settings = BatchedSettings(parallel=8, context_length=256, batch_size=8, threads=1, kv_unified=False)
         engine = BatchedGGUFEngine(str(model_path), settings=settings)
         await engine.start()
         try:
@@ -299,3 +300,31 @@ def test_bad_request_fails_alone(model_path: Path) -> None:
         return (await running)[0]
 
     assert run(model_path, 2, body) == one_by_one(model_path, [PROMPTS[1]], greedy(32))[0]
+
+
+def test_server_with_parallel_slots_uses_the_batched_engine(serve: Callable[..., Any]) -> None:
+    """`runtime.parallel > 1` selects this engine in the CLI's factory; concurrent streams work."""
+    import httpx
+
+    server = serve("q8_0", runtime={"parallel": 4})
+    assert type(server.service.engine).__name__ == "BatchedGGUFEngine"
+
+    async def stream(i: int) -> str:
+        body = {"model": "tiny", "prompt": PROMPTS[i], "max_tokens": 12, "temperature": 0, "stream": True}
+        parts: list[str] = []
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            client.stream("POST", "/v1/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    parts.extend(c.get("text", "") for c in json.loads(line[6:])["choices"])
+        return "".join(parts)
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(stream(i) for i in range(6))))
+
+    texts = asyncio.run(main())
+    assert all(texts)
+    assert server.metric("slm_kv_cache_bytes_per_slot") == SHAPES["tiny"].layers * 512 * 2 * 2 * 16 * 2

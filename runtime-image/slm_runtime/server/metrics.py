@@ -63,6 +63,12 @@ class Metrics:
         self.load_seconds = Gauge(
             "slm_model_load_seconds", "Seconds the model took to load.", labels, registry=r
         )
+        self._kv_per_slot = Gauge(
+            "slm_kv_cache_bytes_per_slot",
+            "KV-cache bytes reserved per concurrent sequence (slot).",
+            labels,
+            registry=r,
+        )
         self._info = Gauge(
             "slm_model_info",
             "The loaded model (value 1).",
@@ -83,6 +89,9 @@ class Metrics:
     def model_loaded(self, info: ModelInfo, hardware: str, seconds: float) -> None:
         self.load_seconds.labels(self.model_name).set(seconds)
         self._info.labels(info.name, info.format, info.quantization, hardware).set(1)
+
+    def kv_cache_per_slot(self, nbytes: int) -> None:
+        self._kv_per_slot.labels(self.model_name).set(nbytes)
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self.model_name, reason).inc()

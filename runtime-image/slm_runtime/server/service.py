@@ -84,6 +84,9 @@ class Service:
             log.error("cannot use the chat template: %s", exc)
             return
         self.metrics.model_loaded(info, self.settings.hardware, self.engine.load_seconds or 0.0)
+        kv_bytes = getattr(self.engine, "kv_bytes_per_slot", 0)  # only the batched GGUF engine knows
+        if kv_bytes:
+            self.metrics.kv_cache_per_slot(kv_bytes)
 
     async def wait_load_failed(self) -> str:
         """Return the error if loading fails; never returns if it succeeds (for the CLI to exit)."""
