@@ -68,6 +68,7 @@ t_apply=$(date +%s)
 "$KUBECTL" create --dry-run=client -o json -f "$ROOT/examples/tiny.yaml" | IMAGE="$IMAGE" python3 -c '
 import json, os, sys
 obj = json.load(sys.stdin)
+obj["metadata"].pop("namespace", None)  # kubectl create --dry-run fills in the context default
 spec = obj["spec"]
 spec["image"] = os.environ["IMAGE"]
 spec["imagePullPolicy"] = "Never"

@@ -822,6 +822,7 @@ def sandboxes_gone(timeout: float) -> None:
 def teardown(state: dict[str, Any]) -> None:
     """Undo everything `up` did, as far as it got. Safe to run more than once."""
     pids = running(state)
+    stop_demo_operator()
     if "kubelet" in pids and "containerd" in pids:
         with contextlib.suppress(NodeError):
             drain()
@@ -868,6 +869,20 @@ def teardown(state: dict[str, Any]) -> None:
     state["pids"] = {}
     state["host"] = {}
     save_state(state)
+
+
+def stop_demo_operator() -> None:
+    """The `slm-operator run` that demo.sh started, if it still runs (its pid file is ours)."""
+    pidfile = STATE / "demo-operator.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    line = cmdline(pid)
+    if line and "slm-operator" in line and " run " in f"{line} ":
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    pidfile.unlink(missing_ok=True)
 
 
 def unmount_all() -> None:

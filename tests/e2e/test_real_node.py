@@ -37,9 +37,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from .helpers import REPO_ROOT, BIN_DIR, create_namespace, kubectl, unique_name, wait_deleted, wait_for
+from .helpers import BIN_DIR, REPO_ROOT, create_namespace, kubectl, unique_name, wait_deleted, wait_for
 
-pytestmark = [pytest.mark.realnode, pytest.mark.e2e, pytest.mark.slow]
+# the first test pays for a cold image build (base + pip) and maybe kube-proxy: beyond the 600s default
+pytestmark = [pytest.mark.realnode, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REAL_NODE = REPO_ROOT / "hack" / "real-node"
 NODE_IP = "10.245.0.1"  # hack/real-node/real_node.py: the bridge gateway = the node's InternalIP
@@ -127,7 +128,11 @@ def model_server(real_node: str, tmp_path_factory: pytest.TempPathFactory) -> It
     files.mkdir()
     model = files / "tiny-q8_0.gguf"
     exe = shutil.which("slm-runtime", path=str(VENV_BIN)) or "slm-runtime"
-    _run([exe, "tiny-model", "--format", "gguf", "--out", str(model), "--quantization", "q8_0"], 300, "tiny-model")
+    _run(
+        [exe, "tiny-model", "--format", "gguf", "--out", str(model), "--quantization", "q8_0"],
+        300,
+        "tiny-model",
+    )
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     ca, cert, key = _make_certs(root)
     requests: list[str] = []
@@ -147,48 +152,129 @@ def model_server(real_node: str, tmp_path_factory: pytest.TempPathFactory) -> It
     thread.start()
     try:
         port = server.server_address[1]
-        yield {"uri": f"https://{NODE_IP}:{port}/{model.name}", "sha256": sha, "ca": str(ca), "requests": requests}
+        yield {
+            "uri": f"https://{NODE_IP}:{port}/{model.name}",
+            "sha256": sha,
+            "ca": str(ca),
+            "requests": requests,
+        }
     finally:
         server.shutdown()
         server.server_close()
 
 
 def _make_certs(root: Path) -> tuple[Path, Path, Path]:
-    ca_key, ca, key, csr, cert, ext = (root / n for n in ("ca.key", "ca.crt", "tls.key", "tls.csr", "tls.crt", "ext"))
+    ca_key, ca, key, csr, cert, ext = (
+        root / n for n in ("ca.key", "ca.crt", "tls.key", "tls.csr", "tls.crt", "ext")
+    )
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    openssl("req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-days", "2", "-subj", "/CN=slm-realnode-test-ca",
-            "-keyout", str(ca_key), "-out", str(ca), "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
-    openssl("req", "-new", "-nodes", "-newkey", "rsa:2048", "-subj", f"/CN={NODE_IP}", "-keyout", str(key),
-            "-out", str(csr))  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=slm-realnode-test-ca",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    openssl(
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-subj",
+        f"/CN={NODE_IP}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
     ext.write_text(f"subjectAltName=IP:{NODE_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
-            "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
     return ca, cert, key
 
 
 @pytest.fixture(scope="module")
-def test_image(runtime_image: str, model_server: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+def test_image(
+    runtime_image: str, model_server: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """The runtime image plus the test CA (SSL_CERT_FILE), imported into the real node's containerd."""
     tag = "localhost/slm-runtime-testca:" + runtime_image.rsplit(":", 1)[-1]
     work = buildah_ctr = None
     started = time.monotonic()
     try:
         buildah_ctr = _run(["buildah", "from", "--pull-never", runtime_image], 120, "buildah from").strip()
-        _run(["buildah", "copy", "--chown", "0:0", buildah_ctr, model_server["ca"], "/etc/ssl/slm-test-ca.crt"],
-             60, "buildah copy")  # fmt: skip
-        _run(["buildah", "config", "--env", "SSL_CERT_FILE=/etc/ssl/slm-test-ca.crt", buildah_ctr], 60, "config")
+        _run(
+            [
+                "buildah",
+                "copy",
+                "--chown",
+                "0:0",
+                buildah_ctr,
+                model_server["ca"],
+                "/etc/ssl/slm-test-ca.crt",
+            ],
+            60,
+            "buildah copy",
+        )
+        _run(
+            ["buildah", "config", "--env", "SSL_CERT_FILE=/etc/ssl/slm-test-ca.crt", buildah_ctr],
+            60,
+            "config",
+        )
         _run(["buildah", "commit", "--rm", "--quiet", buildah_ctr, tag], 300, "buildah commit")
         buildah_ctr = None
         work = tmp_path_factory.mktemp("testimage")
         archive = work / "image.tar"
         _run(["buildah", "push", "--quiet", tag, f"docker-archive:{archive}:{tag}"], 600, "buildah push")
         env = dict(line.split("=", 1) for line in _run([str(REAL_NODE / "env")], 30, "env").split())
-        _run(["ctr", "--address", env["CONTAINERD_ADDRESS"], "-n", "k8s.io", "images", "import",
-              "--snapshotter", "overlayfs", str(archive)], 600, "ctr import")  # fmt: skip
+        _run(
+            [
+                "ctr",
+                "--address",
+                env["CONTAINERD_ADDRESS"],
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--snapshotter",
+                "overlayfs",
+                str(archive),
+            ],
+            600,
+            "ctr import",
+        )
     finally:
         if buildah_ctr:
             subprocess.run(["buildah", "rm", buildah_ctr], capture_output=True, check=False)
@@ -295,7 +381,11 @@ def ready_pod(api: client.ApiClient, kubeconfig: str, ns: str, name: str, timeou
 
 
 def test_real_model_answers_through_the_service(
-    kube_api: client.ApiClient, kubeconfig: str, operator_ns: str, test_image: str, model_server: dict[str, Any]
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    operator_ns: str,
+    test_image: str,
+    model_server: dict[str, Any],
 ) -> None:
     ns, name = operator_ns, "tiny"
     custom = client.CustomObjectsApi(kube_api)
@@ -331,7 +421,9 @@ def test_real_model_answers_through_the_service(
 
     ol = ollama.Client(host=f"http://{ip}:{port}", timeout=60)
     reply = ol.chat(
-        model="tiny", messages=[{"role": "user", "content": "Say hi"}], options={"num_predict": 8, "temperature": 0}
+        model="tiny",
+        messages=[{"role": "user", "content": "Say hi"}],
+        options={"num_predict": 8, "temperature": 0},
     )
     assert reply.message.content, reply
     print(f"apply -> pod Ready {t_ready:.1f}s, -> first answer {t_answer:.1f}s", file=sys.stderr)
@@ -344,7 +436,11 @@ def test_real_model_answers_through_the_service(
 
 
 def test_wrong_sha256_keeps_the_pod_unready_and_says_why(
-    kube_api: client.ApiClient, kubeconfig: str, operator_ns: str, test_image: str, model_server: dict[str, Any]
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    operator_ns: str,
+    test_image: str,
+    model_server: dict[str, Any],
 ) -> None:
     ns, name = operator_ns, "bad-sum"
     custom = client.CustomObjectsApi(kube_api)
@@ -380,7 +476,8 @@ def test_wrong_sha256_keeps_the_pod_unready_and_says_why(
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         conds = (obj.get("status") or {}).get("conditions") or []
         cond = next(
-            (c for c in conds if c.get("status") == "False" and _mentions_checksum(c.get("message", ""))), None
+            (c for c in conds if c.get("status") == "False" and _mentions_checksum(c.get("message", ""))),
+            None,
         )
         events = client.CoreV1Api(kube_api).list_namespaced_event(
             ns, field_selector=f"involvedObject.kind=SLMDeployment,involvedObject.name={name}"
@@ -391,7 +488,9 @@ def test_wrong_sha256_keeps_the_pod_unready_and_says_why(
         return (cond, event) if cond and event else None
 
     try:
-        cond, event = wait_for(said_so, 90, f"SLMDeployment {name} to report the checksum failure", interval=2)
+        cond, event = wait_for(
+            said_so, 90, f"SLMDeployment {name} to report the checksum failure", interval=2
+        )
     except TimeoutError:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         pytest.xfail(
