@@ -441,6 +441,9 @@ def command_lines(ports: dict[str, int]) -> dict[str, list[str]]:
                     "ValidatingAdmissionPolicy",
                     "ValidatingAdmissionWebhook",
                     "ResourceQuota",
+                    # Off in upstream's defaults but on in OpenShift and hardened clusters: an
+                    # operator that sets blockOwnerDeletion needs `update` on <owner>/finalizers.
+                    "OwnerReferencesPermissionEnforcement",
                 ]
             ),
             "--allow-privileged=true",
