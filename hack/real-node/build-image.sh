@@ -142,6 +142,10 @@ if [ ! -f "$archive" ]; then
   done
 else
   log "cached: $archive"
+  # keep buildah's store in step (a derived image, like the e2e test's, starts FROM it)
+  if ! buildah inspect --type image "$IMAGE" >/dev/null 2>&1; then
+    buildah tag "$(buildah pull --quiet "docker-archive:$archive")" "$IMAGE"
+  fi
 fi
 
 # ---- 4. import into the real node's containerd ---------------------------------------------

@@ -106,7 +106,11 @@ def real_node(kubeconfig: str) -> Iterator[str]:
     _gate()
     was_up = subprocess.run([str(REAL_NODE / "status")], capture_output=True, check=False).returncode == 0
     if not was_up:
-        _run([str(REAL_NODE / "up")], timeout=900, what="hack/real-node/up")
+        up = subprocess.run([str(REAL_NODE / "up")], capture_output=True, text=True, timeout=900, check=False)
+        if up.returncode != 0:
+            # once more: `up` undoes a failed start itself (seen once: kube-proxy killed from outside)
+            print(f"hack/real-node/up failed, retrying:\n{up.stderr[-2000:]}", file=sys.stderr)
+            _run([str(REAL_NODE / "up")], timeout=900, what="hack/real-node/up")
     try:
         yield NODE_NAME
     finally:
