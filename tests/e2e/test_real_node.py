@@ -39,9 +39,6 @@ from kubernetes import client
 
 from .helpers import BIN_DIR, REPO_ROOT, create_namespace, kubectl, unique_name, wait_deleted, wait_for
 
-# the first test pays for a cold image build (base + pip) and maybe kube-proxy: beyond the 600s default
-pytestmark = [pytest.mark.realnode, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
-
 REAL_NODE = REPO_ROOT / "hack" / "real-node"
 NODE_IP = "10.245.0.1"  # hack/real-node/real_node.py: the bridge gateway = the node's InternalIP
 NODE_NAME = os.environ.get("SLM_REAL_NODE_NAME", "slm-real-node")
@@ -67,16 +64,26 @@ def _missing_prerequisites() -> list[str]:
     return missing
 
 
-def _gate() -> None:
+def _skip_reason() -> str:
     wanted = os.environ.get("SLM_E2E_REALNODE", "")
     if wanted == "0":
-        pytest.skip("SLM_E2E_REALNODE=0")
+        return "SLM_E2E_REALNODE=0"
     missing = _missing_prerequisites()
-    if missing:
-        msg = "real-node prerequisites missing: " + "; ".join(missing)
-        if wanted == "1":
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    if missing and wanted != "1":
+        return "real-node prerequisites missing: " + "; ".join(missing)
+    return ""
+
+
+# Decided at collection, so that a skip does not even start the control plane (a session fixture).
+# The timeout: the first test pays for a cold image build (base + pip) and maybe kube-proxy.
+_SKIP = _skip_reason()
+pytestmark = [
+    pytest.mark.realnode,
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(2400),
+    pytest.mark.skipif(bool(_SKIP), reason=_SKIP or "-"),
+]
 
 
 def _run(argv: list[str], timeout: float, what: str) -> str:
@@ -101,9 +108,16 @@ def _free_port(host: str) -> int:
 # fixtures (module scope: one node, one image, one operator for all tests here)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _prerequisites() -> None:
+    """SLM_E2E_REALNODE=1: a missing prerequisite fails the tests instead of skipping them."""
+    missing = _missing_prerequisites()
+    if missing:
+        pytest.fail("real-node prerequisites missing: " + "; ".join(missing), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def real_node(kubeconfig: str) -> Iterator[str]:
-    _gate()
     was_up = subprocess.run([str(REAL_NODE / "status")], capture_output=True, check=False).returncode == 0
     if not was_up:
         up = subprocess.run([str(REAL_NODE / "up")], capture_output=True, text=True, timeout=900, check=False)
