@@ -158,5 +158,9 @@ if [ "$DO_IMPORT" = 1 ]; then
     ctr --address "$sock" -n k8s.io images import --snapshotter overlayfs "$archive" >&2
     log "imported into containerd in $(( $(date +%s) - t0 ))s"
   fi
+  # older builds (and the e2e test's CA-trusting derivatives of them) would pile up in the node's
+  # store (~500 MB each): drop their names; containerd collects what no container still uses
+  ctr --address "$sock" -n k8s.io images ls -q | grep -E "^$REPO(-testca)?:" | grep -v ":$key\$" \
+    | xargs -r ctr --address "$sock" -n k8s.io images rm >/dev/null 2>&1 || true
 fi
 echo "$IMAGE"

@@ -120,7 +120,9 @@ def _prerequisites() -> None:
 def real_node(kubeconfig: str) -> Iterator[str]:
     was_up = subprocess.run([str(REAL_NODE / "status")], capture_output=True, check=False).returncode == 0
     if not was_up:
+        started = time.monotonic()
         up = subprocess.run([str(REAL_NODE / "up")], capture_output=True, text=True, timeout=900, check=False)
+        print(f"hack/real-node/up: {time.monotonic() - started:.1f}s", file=sys.stderr)
         if up.returncode != 0:
             # once more: `up` undoes a failed start itself (seen once: kube-proxy killed from outside)
             print(f"hack/real-node/up failed, retrying:\n{up.stderr[-2000:]}", file=sys.stderr)
