@@ -332,8 +332,12 @@ def wait(what: str, check: Callable[[], bool], deadline: float, watch: list[str]
         for name in watch:
             pid = state.get("pids", {}).get(name)
             proc = CHILDREN.get(name)
+            # A child we started is judged by its Popen handle only: between fork and exec its
+            # /proc cmdline is still ours (python), so is_ours() would call it dead and the
+            # retry would leave it running, holding etcd's data dir.
             code = proc.poll() if proc else None
-            if code is not None or (pid is not None and not is_ours(int(pid))):
+            gone = code is not None if proc else pid is not None and not is_ours(int(pid))
+            if gone:
                 how = "" if code is None else f"with code {code}" if code >= 0 else f"by signal {-code}"
                 raise ClusterError(f"{name} exited {how} while waiting for {what}\n{log_tail(name)}")
         if time.monotonic() > deadline:
@@ -638,15 +642,21 @@ def stop_all(state: dict[str, Any]) -> None:
     endpoint lease from etcd while it shuts down, so etcd goes last."""
     pids = running(state)
     for name in reversed(COMPONENTS):
-        pid = pids.get(name)
+        proc = CHILDREN.get(name)
+        pid = pids.get(name) or (proc.pid if proc is not None and proc.poll() is None else None)
         if pid is None:
             continue
+
+        def alive(pid: int = pid, proc: subprocess.Popen[bytes] | None = proc) -> bool:
+            # Our own children are judged by their handle (see wait()), others by /proc.
+            return proc.poll() is None if proc is not None and proc.pid == pid else is_ours(pid)
+
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + (20.0 if name == "kube-apiserver" else 10.0)
-        while time.monotonic() < deadline and is_ours(pid):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.05)
-        if is_ours(pid):
+        if alive():
             log(f"{name} ({pid}) ignored SIGTERM; killing it")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
