@@ -58,7 +58,8 @@ def run(model: Path, parallel: int, body: Callable[[BatchedGGUFEngine], Awaitabl
     """Start an engine, run `body` against it, always close it."""
 
     async def main() -> T:
-        settings = BatchedSettings(parallel=parallel, context_length=256, batch_size=64, threads=1, **kw)  # type: ignore[arg-type]
+        options = {"batch_size": 64, **kw}
+        settings = BatchedSettings(parallel=parallel, context_length=256, threads=1, **options)  # type: ignore[arg-type]
         engine = BatchedGGUFEngine(str(model), settings=settings)
         await engine.start()
         try:
@@ -79,11 +80,11 @@ async def complete(engine: BatchedGGUFEngine, prompt: str, params: SamplingParam
     raise AssertionError("no FinishEvent")
 
 
-def one_by_one(model: Path, prompts: list[str], params: SamplingParams) -> list[str]:
+def one_by_one(model: Path, prompts: list[str], params: SamplingParams, **kw: object) -> list[str]:
     async def body(engine: BatchedGGUFEngine) -> list[str]:
         return [(await complete(engine, p, params))[0] for p in prompts]
 
-    return run(model, 1, body)
+    return run(model, 1, body, **kw)
 
 
 def test_concurrent_outputs_equal_one_by_one(model_path: Path) -> None:
@@ -100,25 +101,21 @@ def test_concurrent_outputs_equal_one_by_one(model_path: Path) -> None:
     assert len({len(t) for t in expected}) > 1 or len(set(expected)) > 1  # the prompts really differ
 
 
-def test_concurrent_outputs_equal_with_per_slot_kv_and_small_batches(model_path: Path) -> None:
-    """Prompt chunks split across steps (batch_size 8) and one KV stream per slot change nothing."""
+def test_concurrent_outputs_equal_with_unified_kv_and_small_batches(model_path: Path) -> None:
+    """Prompt chunks split across steps (batch_size 8) and one shared KV buffer change nothing.
+
+    Flash attention off: with it, a shared buffer's cell order changes its F16 accumulation order
+    and greedy near-ties of a random model can flip (see `BatchedSettings.kv_unified`).
+    """
     params = greedy(16)
-    expected = one_by_one(model_path, PROMPTS, params)
+    options: dict[str, object] = {"batch_size": 8, "kv_unified": True, "flash_attn": False}
+    expected = one_by_one(model_path, PROMPTS, params, **options)
 
     async def body(engine: BatchedGGUFEngine) -> list[str]:
         done = await asyncio.gather(*(complete(engine, p, params) for p in PROMPTS))
         return [text for text, _ in done]
 
-    async def main() -> list[str]:
-        settings = BatchedSettings(parallel=8, context_length=256, batch_size=8, threads=1, kv_unified=False)
-        engine = BatchedGGUFEngine(str(model_path), settings=settings)
-        await engine.start()
-        try:
-            return await asyncio.wait_for(body(engine), timeout=30)
-        finally:
-            await engine.close()
-
-    assert asyncio.run(main()) == expected
+    assert run(model_path, 8, body, **options) == expected
 
 
 def test_cancel_frees_the_slot(model_path: Path) -> None:

@@ -83,12 +83,14 @@ class BatchedSettings:
     threads: int | None = None
     gpu_layers: int = 0
     """Layers offloaded to a GPU build of llama.cpp; -1 = all (ignored by CPU builds)."""
-    kv_unified: bool = True
-    """One KV buffer for all slots (llama-server's choice for `-np auto`). With per-slot buffers
-    llama.cpp must split a batch into equal-length runs of consecutive sequence ids, so a step
-    mixing decode tokens and a prompt chunk, or running slots 0, 2 and 5, costs several passes
-    over the weights; unified, every step is one pass. Off: attention scans only a slot's own
-    cells, which wins only for long contexts."""
+    kv_unified: bool = False
+    """One KV buffer for all slots instead of one stream per slot. Off (default), a sequence's
+    cells sit in its own stream in position order, exactly as when served alone, so greedy
+    output does not depend on what else is running (with unified KV and flash attention the
+    cell order changes the F16 accumulation order and near-ties can flip). The price: llama.cpp
+    splits a batch into runs of consecutive sequence ids with equal token counts, so slots are
+    handed out lowest id first to keep the running ones contiguous. On: every step is one pass
+    over the weights; `_pick_slot` may then also share a prefix between slots without a copy."""
     flash_attn: bool | None = None
     """None: llama.cpp decides (on for CPU), like the serial backend, so outputs match."""
 
@@ -571,15 +573,15 @@ class BatchedGGUFEngine:
     def _pick_slot(self, prompt: list[int], free: list[_Slot]) -> tuple[_Slot, int]:
         """Choose the free slot to run `prompt` in and how many of its cached tokens to keep.
 
-        Prefer the free slot whose cells share the longest prefix; else, if any other slot (busy
-        or not) holds a long shared prefix, copy it into the least recently used free slot.
+        Prefer the free slot whose cells share the longest prefix (the lowest id among equals);
+        if another slot (busy or not) holds a longer shared prefix, copy it into that slot.
         """
         import llama_cpp
 
         best, best_len = free[0], -1
-        for s in free:
+        for s in free:  # ties go to the lowest id: running slots stay contiguous (see kv_unified)
             n = common_prefix_len(s.tokens, prompt)
-            if n > best_len or (n == best_len and s.last_used < best.last_used):
+            if n > best_len:
                 best, best_len = s, n
         donor, donor_len = None, best_len
         for s in self._slots:
@@ -590,7 +592,7 @@ class BatchedGGUFEngine:
                 donor, donor_len = s, n
         if donor is None or donor_len - best_len < _MIN_SHARED_PREFIX:
             return best, best_len
-        target = best if best_len > 0 else min(free, key=lambda s: s.last_used)
+        target = best
         if self._settings.kv_unified:
             llama_cpp.llama_memory_seq_rm(self._mem, target.seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, target.seq_id, 0, donor_len)
