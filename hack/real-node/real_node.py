@@ -158,6 +158,9 @@ def run(*argv: str, check: bool = True, timeout: float = 60, quiet: bool = False
     return proc.stdout
 
 
+STARTED: dict[str, subprocess.Popen[bytes]] = {}  # what this `up` started: exit codes for `wait`
+
+
 def start(name: str, argv: list[str], state: dict[str, Any]) -> None:
     logs = STATE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -169,6 +172,7 @@ def start(name: str, argv: list[str], state: dict[str, Any]) -> None:
             start_new_session=True, cwd=STATE,
         )  # fmt: skip
     state.setdefault("pids", {})[name] = proc.pid
+    STARTED[name] = proc
     save_state(state)
 
 
@@ -198,11 +202,12 @@ def wait(what: str, check: Callable[[], bool], deadline: float, watch: list[str]
     while True:
         if check():
             return
-        state = load_state()
         for name in watch:
-            pid = state.get("pids", {}).get(name)
-            if pid is not None and not is_ours(int(pid)):
-                raise NodeError(f"{name} exited while waiting for {what}\n{log_tail(name)}")
+            proc = STARTED.get(name)
+            code = proc.poll() if proc is not None else None
+            if code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+                raise NodeError(f"{name} {how} while waiting for {what}\n{log_tail(name)}")
         if time.monotonic() > deadline:
             raise NodeError(f"timed out waiting for {what}\n" + "\n".join(log_tail(n) for n in watch))
         time.sleep(0.5)
