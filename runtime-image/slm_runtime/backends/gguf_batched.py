@@ -69,6 +69,8 @@ FinishObserver = Callable[[GenerationRequest, FinishEvent], None]
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _MAX_EMBED_TOKENS = 2048
+_GATHER_S = 0.01
+"""How long an idle scheduler collects arriving requests before its first step (see `_run`)."""
 _MIN_SHARED_PREFIX = 16
 """Shorter common prefixes are re-computed: copying cells costs more than a few prompt tokens."""
 
@@ -339,6 +341,9 @@ class BatchedGGUFEngine:
                 item = self._inbox.get(block=not busy)
             except queue.Empty:
                 item = _WAKE
+            # Woken from idle by a request: give the rest of a burst a moment to arrive, so it
+            # shares the first (long) prefill step instead of waiting a whole step behind it.
+            gather_until = time.monotonic() + _GATHER_S if not busy and isinstance(item, _Sequence) else 0.0
             while True:
                 if item is None:
                     return
@@ -347,7 +352,8 @@ class BatchedGGUFEngine:
                 elif item is not _WAKE:
                     item()  # a control job; it reports its own result
                 try:
-                    item = self._inbox.get_nowait()
+                    wait = gather_until - time.monotonic()
+                    item = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
                 except queue.Empty:
                     break
             if self._ctx is None:
@@ -412,7 +418,9 @@ class BatchedGGUFEngine:
             raise EngineError(f"llama.cpp could not load {self._path}")
         self._model = model
         threads = self._threads
-        n_batch = max(s.batch_size, s.parallel)
+        # batchSize is the prompt budget of a step; the running sequences' tokens come on top, so
+        # a burst of prompts that fits batchSize is answered after one step.
+        n_batch = s.batch_size + s.parallel
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = s.context_length * s.parallel
         cparams.n_batch = n_batch
@@ -658,7 +666,7 @@ class BatchedGGUFEngine:
                 slot.tokens.append(seq.pending)
                 seq.pending = -1
                 outputs.append((seq, idx))
-        budget = batch.capacity - batch.n
+        budget = min(self._settings.batch_size, batch.capacity - batch.n)
         # Then prompt chunks, oldest admission first.
         prefilling = sorted(
             (s.seq for s in self._slots if s.seq is not None and s.seq.prefilled < len(s.seq.prompt)),
