@@ -684,6 +684,33 @@ def import_image(archive: Path) -> None:
 # up
 
 
+# One real node per host: the bridge, node IP, routes and cgroup root are host-wide names.
+OWNER = Path(os.environ.get("SLM_REAL_NODE_OWNER_FILE", "/run/slm-real-node.owner"))
+
+
+def claim_host() -> None:
+    try:
+        other = Path(OWNER.read_text().strip())
+    except OSError:
+        other = None
+    if other is not None and other != STATE:
+        try:
+            pids = json.loads((other / "state.json").read_text()).get("pids", {})
+        except (OSError, ValueError):
+            pids = {}
+        alive = [n for n, p in pids.items() if (cmdline(int(p)) or "").find(f"{other}/") >= 0]
+        if alive:
+            raise NodeError(f"another real node runs on this host (state {other}: {', '.join(alive)}); "
+                            f"stop it first: SLM_REAL_NODE_DIR={other} hack/real-node/down")
+    OWNER.write_text(f"{STATE}\n")
+
+
+def release_host() -> None:
+    with contextlib.suppress(OSError):
+        if Path(OWNER.read_text().strip()) == STATE:
+            OWNER.unlink()
+
+
 def is_up(state: dict[str, Any]) -> bool:
     return set(running(state)) == set(COMPONENTS) and node_ready()[0]
 
@@ -702,6 +729,7 @@ def cmd_up() -> int:
         if is_up(state):
             log(f"already up: node {NODE} ({NODE_IP})")
             return 0
+        claim_host()
         if running(state) or shim_pids():
             log("partially running: cleaning up first")
             teardown(state)
@@ -874,6 +902,7 @@ def teardown(state: dict[str, Any]) -> None:
     state["pids"] = {}
     state["host"] = {}
     save_state(state)
+    release_host()
 
 
 def stop_demo_operator() -> None:
