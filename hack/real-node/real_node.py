@@ -128,9 +128,18 @@ def cmdline(pid: int) -> str | None:
 
 
 def is_ours(pid: int) -> bool:
-    """The pid runs and its command line names our state dir (pids are reused)."""
-    line = cmdline(pid)
-    return line is not None and f"{STATE}/" in line
+    """The pid runs and its command line names our state dir (pids are reused).
+
+    Re-read a few times before saying no: on these VMs a /proc read of a live process has been seen
+    to come back without its command line, and a false "no" would leak a daemon."""
+    for attempt in range(4):
+        line = cmdline(pid)
+        if line is not None and f"{STATE}/" in line:
+            return True
+        if not Path(f"/proc/{pid}").exists():
+            return False
+        time.sleep(0.05 * (attempt + 1))
+    return False
 
 
 def running(state: dict[str, Any]) -> dict[str, int]:
