@@ -6,7 +6,7 @@
 | status | slm.dev: slmdeployments/status | get patch |
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
 | children: apply, prune, watch | the 8 `CHILD_KINDS` | get list watch create patch delete |
-| placement | "": nodes | get list ; "": pods | list |
+| placement; fetch failures | "": nodes | get list ; "": pods | list watch |
 | auth Secret check | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
 | kopf itself | apiextensions.k8s.io: customresourcedefinitions; "": namespaces | list watch |
@@ -43,7 +43,7 @@ def rules(*, peering: bool = True) -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         *_child_rules(),
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {

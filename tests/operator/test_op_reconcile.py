@@ -528,3 +528,68 @@ def test_own_write_seen_before_it_is_remembered_is_not_drift() -> None:
         assert not worker.is_alive()
     assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0
     assert _drift_events(cluster) == 0
+
+
+# --- a model that cannot be fetched -------------------------------------------------------------
+
+
+def _pod_with_fetch(name: str, exit_code: int, message: str, *, last: bool = True) -> Obj:
+    terminated = {"exitCode": exit_code, "reason": "Error", "message": message}
+    st = {"name": "fetch-model", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {}}
+    if last:
+        st["lastState"] = {"terminated": terminated}
+    else:
+        st["state"] = {"terminated": terminated}
+    return {"metadata": {"name": name, "namespace": "ns"}, "status": {"initContainerStatuses": [st]}}
+
+
+def test_fetch_failure_reports_the_last_log_line_of_the_failed_init_container() -> None:
+    from slm_operator.reconcile.status import fetch_failure
+
+    log = "fetch: downloading 12 MB\nerror: sha256 mismatch: expected 0000, got abcd\n"
+    message = fetch_failure([_pod_with_fetch("m-1", 3, log)])
+    assert (
+        message
+        == "model fetch failed in pod m-1 (exit code 3): error: sha256 mismatch: expected 0000, got abcd"
+    )
+    assert fetch_failure([_pod_with_fetch("m-1", 3, log, last=False)]) == message
+
+
+def test_fetch_failure_ignores_successful_and_other_init_containers() -> None:
+    from slm_operator.reconcile.status import fetch_failure
+
+    assert fetch_failure([_pod_with_fetch("m-1", 0, "done")]) is None
+    other = _pod_with_fetch("m-1", 1, "boom")
+    other["status"]["initContainerStatuses"][0]["name"] = "istio-init"
+    assert fetch_failure([other]) is None
+    assert fetch_failure([{"metadata": {"name": "pending"}, "status": {}}]) is None
+
+
+def test_a_failed_fetch_makes_ready_false_and_degraded_with_the_reason_and_one_event() -> None:
+    from slm_operator.reconcile.status import fetch_failure_events, observed_status
+
+    unavailable = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1},
+    }
+    old = {"observedGeneration": 1, "conditions": []}
+    pods = [_pod_with_fetch("m-1", 3, "sha256 mismatch: expected 0000, got abcd")]
+    update = observed_status(unavailable, old, "2026-01-01T00:00:00Z", pods)
+    assert update is not None
+    conds = {c["type"]: c for c in update["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "ModelFetchFailed"
+    assert "sha256 mismatch" in conds["Ready"]["message"]
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "ModelFetchFailed"
+    events = fetch_failure_events(old, update)
+    assert [(t, r) for t, r, _ in events] == [("Warning", "ModelFetchFailed")]
+    assert "sha256 mismatch" in events[0][2]
+    # the next resync sees the same failure: no second Event
+    assert fetch_failure_events(update, update) == []
+    # once the pod fetched its model and is available, Ready returns and Degraded recovers
+    healthy = {**unavailable, "status": {**unavailable["status"], "availableReplicas": 1, "readyReplicas": 1}}
+    fixed = observed_status(healthy, update, "2026-01-01T00:01:00Z", [_pod_with_fetch("m-2", 0, "ok")])
+    assert fixed is not None
+    conds = {c["type"]: c for c in fixed["conditions"]}
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Degraded"]["status"] == "False" and conds["Degraded"]["reason"] == "Recovered"

@@ -41,8 +41,14 @@ from slm_operator.reconcile.plan import (
     key_of,
 )
 from slm_operator.reconcile.reconciler import Event, reconcile, report_failure
-from slm_operator.reconcile.status import now_rfc3339, observed_status
-from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
+from slm_operator.reconcile.status import (
+    FETCH_FAILED,
+    fetch_failure,
+    fetch_failure_events,
+    now_rfc3339,
+    observed_status,
+)
+from slm_operator.render.metadata import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger("slm_operator")
 ANNOTATION_PREFIX = "slm.dev"
@@ -151,15 +157,58 @@ def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
     if suspect and (correct_drift(ctx, owner, key) or type == "DELETED"):
         return
     if obj.get("kind") == "Deployment":
-        # Under the owner's lock and with a fresh owner: a reconcile that is patching status from
-        # its (older) apply response must not overwrite what this newer Deployment state says.
-        with ctx.locks.hold(owner.namespace, owner.name):
-            fresh = ctx.cluster.get_slmdeployment(owner.namespace, owner.name)
-            if fresh is None:
-                return
-            update = observed_status(obj, fresh.get("status") or {}, now_rfc3339())
-            if update is not None:
-                ctx.cluster.patch_status(owner.namespace, owner.name, update)
+        refresh_status(ctx, owner.namespace, owner.name, obj)
+
+
+def refresh_status(ctx: OperatorContext, namespace: str, name: str, deployment: Obj | None) -> None:
+    """Status from the Deployment and its pods, after a watch event on either.
+
+    Under the owner's lock and with a fresh owner: a reconcile that is patching status from its
+    (older) apply response must not overwrite what this newer state says.
+    """
+    with ctx.locks.hold(namespace, name):
+        fresh = ctx.cluster.get_slmdeployment(namespace, name)
+        if fresh is None:
+            return
+        if deployment is None:
+            deployment = ctx.cluster.read("apps/v1", "Deployment", namespace, name)
+        pods = ctx.cluster.list_labelled("v1", "Pod", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        old = fresh.get("status") or {}
+        update = observed_status(deployment, old, now_rfc3339(), pods)
+        if update is None:
+            return
+        ctx.cluster.patch_status(namespace, name, update)
+    post(ctx, fresh, fetch_failure_events(old, update))
+
+
+def on_pod_event(body: Any, memo: Any, **_: Any) -> None:
+    """A model pod changed: report a failed model fetch now rather than at the next resync.
+
+    Only pods whose fetch failed, and pods of an SLMDeployment that currently says it failed (to
+    clear it), cost an API call; routine pod updates are ignored.
+    """
+    ctx = context_of(memo)
+    pod = plain(body)
+    meta = pod.get("metadata") or {}
+    namespace, name = meta.get("namespace"), (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
+    if not namespace or not name:
+        return
+    if fetch_failure([pod]) is None:
+        owner = ctx.cluster.get_slmdeployment(namespace, name)
+        ready = next(
+            (
+                c
+                for c in ((owner or {}).get("status") or {}).get("conditions") or ()
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        if ready is None or ready.get("reason") != FETCH_FAILED:
+            return
+    try:
+        refresh_status(ctx, namespace, name, None)
+    except KubeError as err:
+        log.warning("status of %s/%s from its pods: %s", namespace, name, err)
 
 
 def correct_drift(ctx: OperatorContext, owner: Owner, key: Key) -> bool:
@@ -252,6 +301,7 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(on_login)
     for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
         cause(GROUP, VERSION, PLURAL, registry=registry)(on_change)
+    kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry)(on_pod_event)
     for api_version, kind in CHILD_KINDS:
         group, _, version = api_version.rpartition("/")
         kopf.on.event(

@@ -102,16 +102,20 @@ def prune_plan(desired: Sequence[Obj], existing: Iterable[Obj], owner: Owner) ->
     return sorted(stale, key=key_of)
 
 
+def _is_own_pod(pod: Mapping[str, Any], owner: Owner) -> bool:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return bool(meta.get("namespace") == owner.namespace and labels.get(DEPLOYMENT_LABEL) == owner.name)
+
+
 def foreign_pods(pods: Iterable[Mapping[str, Any]], owner: Owner) -> list[Mapping[str, Any]]:
     """Pods that are not the owner's own, so that placement does not count them as competition."""
-    result = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        mine = meta.get("namespace") == owner.namespace and labels.get(DEPLOYMENT_LABEL) == owner.name
-        if not mine:
-            result.append(pod)
-    return result
+    return [pod for pod in pods if not _is_own_pod(pod, owner)]
+
+
+def own_pods(pods: Iterable[Mapping[str, Any]], owner: Owner) -> list[Mapping[str, Any]]:
+    """The owner's own model pods (their init containers tell whether the model could be fetched)."""
+    return [pod for pod in pods if _is_own_pod(pod, owner)]
 
 
 def drifted(desired: Any, live: Any) -> bool:

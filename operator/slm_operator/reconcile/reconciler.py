@@ -21,10 +21,17 @@ from slm_operator.reconcile.plan import (
     Obj,
     Owner,
     foreign_pods,
+    own_pods,
     owned,
     prune_plan,
 )
-from slm_operator.reconcile.status import condition_message, failed_status, now_rfc3339, reconciled_status
+from slm_operator.reconcile.status import (
+    condition_message,
+    failed_status,
+    fetch_failure_events,
+    now_rfc3339,
+    reconciled_status,
+)
 from slm_operator.render import DEFAULT_IMAGE, DEPLOYMENT_LABEL, RenderContext, render_all
 
 Event = tuple[str, str, str]
@@ -111,7 +118,8 @@ def reconcile(
     old_status = body.get("status") or {}
     spec = parse_spec(body)
     check_secret(spec, owner.namespace, cluster)
-    placement = place(spec, cluster.list_nodes(), foreign_pods(cluster.list_pods(), owner))
+    pods = cluster.list_pods()
+    placement = place(spec, cluster.list_nodes(), foreign_pods(pods, owner))
     ctx = RenderContext(
         name=owner.name, namespace=owner.namespace, spec=spec, placement=placement, default_image=image
     )
@@ -130,9 +138,10 @@ def reconcile(
         deployment=deployment,
         old=old_status,
         timestamp=timestamp or now_rfc3339(),
+        pods=own_pods(pods, owner),
     )
     cluster.patch_status(owner.namespace, owner.name, status)
-    events = placement_events(old_status, placement)
+    events = placement_events(old_status, placement) + fetch_failure_events(old_status, status)
     events += [("Normal", "Pruned", f"deleted {o['kind']} {o['metadata']['name']}") for o in stale]
     return Outcome(placement, desired, applied, stale, status, events)
 

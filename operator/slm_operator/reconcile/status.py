@@ -13,6 +13,10 @@ from slm_operator.render import endpoints, selector_labels
 
 Status = dict[str, Any]
 Condition = dict[str, Any]
+Event = tuple[str, str, str]
+
+FETCH_CONTAINER = "fetch-model"
+FETCH_FAILED = "ModelFetchFailed"
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -45,8 +49,56 @@ def merge_conditions(
     return sorted(merged, key=lambda c: str(c["type"]))
 
 
+def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a pod could not fetch its model (the init container's last failed run), or None.
+
+    A failed download or checksum keeps the pod in Init:CrashLoopBackOff; the Deployment only
+    reports it unavailable, so without this the SLMDeployment would say PodsNotReady and never
+    why. The fetch container's last log line (its termination message, FallbackToLogsOnError)
+    is the reason, e.g. "sha256 mismatch: expected …, got …".
+    """
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        for st in (pod.get("status") or {}).get("initContainerStatuses") or ():
+            if st.get("name") != FETCH_CONTAINER:
+                continue
+            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
+            if not term or int(term.get("exitCode") or 0) == 0:
+                continue
+            lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
+            detail = lines[-1][:512] if lines else str(term.get("reason") or "failed")
+            name = (pod.get("metadata") or {}).get("name")
+            return f"model fetch failed in pod {name} (exit code {term.get('exitCode')}): {detail}"
+    return None
+
+
+def fetch_failure_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
+    """A Warning Event when Ready turns to ModelFetchFailed (once per transition, not per resync)."""
+    before = _condition(old, "Ready")
+    after = _condition(new, "Ready")
+    if after is None or after.get("reason") != FETCH_FAILED:
+        return []
+    if before is not None and before.get("reason") == FETCH_FAILED:
+        return []
+    return [("Warning", FETCH_FAILED, str(after.get("message")))]
+
+
+def _condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in (status or {}).get("conditions") or () if c.get("type") == kind), None)
+
+
+def _with_fetch_failure(conds: list[Condition], failure: str | None, generation: int) -> list[Condition]:
+    """Replace a not-Ready reason with the fetch failure, and mark the object Degraded."""
+    ready = next(c for c in conds if c["type"] == "Ready")
+    if failure is None or ready["status"] == "True":
+        return conds
+    out = [c for c in conds if c["type"] not in ("Ready", "Degraded")]
+    out.append(condition("Ready", False, FETCH_FAILED, failure, generation))
+    out.append(condition("Degraded", True, FETCH_FAILED, failure, generation))
+    return out
+
+
 def deployment_conditions(
-    deployment: Mapping[str, Any] | None, generation: int
+    deployment: Mapping[str, Any] | None, generation: int, pods: Sequence[Mapping[str, Any]] = ()
 ) -> tuple[list[Condition], int, int]:
     """Ready and Progressing (plus Degraded on a missed progress deadline) from the Deployment.
 
@@ -96,7 +148,7 @@ def deployment_conditions(
         conds.append(condition("Progressing", True, "RollingOut", counts, generation))
     else:
         conds.append(condition("Progressing", False, "RolloutComplete", counts, generation))
-    return conds, desired, ready
+    return _with_fetch_failure(conds, fetch_failure(pods), generation), desired, ready
 
 
 def reconciled_status(
@@ -109,9 +161,10 @@ def reconciled_status(
     deployment: Mapping[str, Any] | None,
     old: Mapping[str, Any] | None,
     timestamp: str,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> Status:
     """Status after a successful apply."""
-    conds, desired, ready = deployment_conditions(deployment, generation)
+    conds, desired, ready = deployment_conditions(deployment, generation, pods)
     if not any(c["type"] == "Degraded" for c in conds):
         reason = "FallbackPlacement" if placement.skipped else "Reconciled"
         conds.append(condition("Degraded", False, reason, placement.message, generation))
@@ -148,20 +201,26 @@ def failed_status(
     }
 
 
-def observed_status(deployment: Mapping[str, Any], old: Mapping[str, Any], timestamp: str) -> Status | None:
+def observed_status(
+    deployment: Mapping[str, Any] | None,
+    old: Mapping[str, Any],
+    timestamp: str,
+    pods: Sequence[Mapping[str, Any]] = (),
+) -> Status | None:
     """Status update from a watched Deployment event, or None when nothing changes.
 
     Conditions carry the generation the operator last reconciled (status.observedGeneration), not
     the newest one, because the Deployment reflects what was applied for that generation.
     """
     generation = int(old.get("observedGeneration") or 0)
-    conds, desired, ready = deployment_conditions(deployment, generation)
+    conds, desired, ready = deployment_conditions(deployment, generation, pods)
     previous = old.get("conditions") or ()
     degraded_before = next((c for c in previous if c.get("type") == "Degraded"), None)
-    stalled_before = (
-        degraded_before is not None and degraded_before.get("reason") == "ProgressDeadlineExceeded"
+    recovering = degraded_before is not None and degraded_before.get("reason") in (
+        "ProgressDeadlineExceeded",
+        FETCH_FAILED,
     )
-    if stalled_before and not any(c["type"] == "Degraded" for c in conds):
+    if recovering and not any(c["type"] == "Degraded" for c in conds):
         conds.append(condition("Degraded", False, "Recovered", "rollout progressing again", generation))
     update = {
         "conditions": merge_conditions(previous, conds, timestamp),

@@ -61,6 +61,9 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
         args.append("--extract")
     container: dict[str, Any] = {
         "name": "fetch-model",
+        # The last log line ("sha256 mismatch: ...") becomes the termination message, which the
+        # operator copies into the Ready condition when the fetch fails.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "image": ctx.image,
         "command": ["slm-runtime"],
         "args": args,
