@@ -21,6 +21,7 @@ dev: setup bins ## local control plane + KWOK pools, CRD, operator, examples; pr
 
 down: ## stop the operator and the local control plane started by `make dev`
 	-@pid=$$(cat .local-cluster/operator.pid 2>/dev/null) && kill $$pid 2>/dev/null; rm -f .local-cluster/operator.pid
+	-@[ ! -x hack/real-node/down ] || [ "$$(id -u)" != 0 ] || hack/real-node/down
 	bash hack/local-cluster down
 
 test: setup bins ## all tests: unit, runtime and end-to-end (starts its own local control plane)

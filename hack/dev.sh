@@ -56,9 +56,15 @@ until [ -z "$("$KUBECTL" get slmd -n "$NS" -o jsonpath='{range .items[?(!@.statu
 done
 "$KUBECTL" wait slmd --all -n "$NS" --for=condition=Ready --timeout=60s >/dev/null 2>&1 || true
 
-if [ "$(id -u)" = 0 ] && [ -x hack/real-node/demo.sh ] && [ "${SLM_REAL_NODE:-1}" != 0 ] \
-   && [ "$KUBECONFIG" = "$STATE/kubeconfig" ]; then
-  hack/real-node/demo.sh || log "the real-node demo failed (see above); the KWOK pools still work"
+# A real kubelet node (containerd, runc, CNI, kube-proxy) running the runtime image built from
+# runtime-image/Dockerfile, serving examples/tiny.yaml: needs root (SLM_REAL_NODE=0 skips it).
+if [ "$(id -u)" = 0 ] && [ "${SLM_REAL_NODE:-1}" != 0 ] && [ "$KUBECONFIG" = "$STATE/kubeconfig" ]; then
+  bash hack/real-node/install-deps.sh >&2 || true   # Debian's containerd, runc, CNI, buildah, debootstrap
+  if bash hack/real-node/demo.sh --check; then
+    bash hack/real-node/demo.sh || log "the real-node demo failed (see above); the KWOK pools still work"
+  else
+    log "no real node (run: bash hack/real-node/install-deps.sh, then make dev again)"
+  fi
 fi
 
 echo

@@ -513,12 +513,12 @@ def test_wrong_sha256_keeps_the_pod_unready_and_says_why(
         )
     except TimeoutError:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        pytest.xfail(
-            "operator does not surface init-container (model fetch) failures on the SLMDeployment yet; "
-            f"status: {json.dumps(obj.get('status'))[:1500]}"
-        )
-    assert cond["type"] in {"Ready", "Degraded", "Progressing"}, cond
-    assert event.reason, event
+        raise AssertionError(
+            f"SLMDeployment {name} did not report the checksum failure; status: "
+            f"{json.dumps(obj.get('status'))[:1500]}"
+        ) from None
+    assert cond["type"] == "Ready" and cond["reason"] == "ModelFetchFailed", cond
+    assert event.reason == "ModelFetchFailed", event
 
 
 def _mentions_checksum(text: str) -> bool:
