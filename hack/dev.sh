@@ -73,7 +73,7 @@ echo
 cat <<MSG
 Next:
   export KUBECONFIG=$KUBECONFIG
-  kubectl describe slmd -n $NS gpu          # placement decisions and Events
-  .venv/bin/kubectl-slm status -n $NS gpu   # hardware, variant, endpoint, conditions
-  make down                                 # stop the local control plane
+  kubectl describe slmd -n $NS phi35-npu    # placement decisions and Events
+  .venv/bin/kubectl-slm status -n $NS phi4-mini   # hardware, variant, endpoint, conditions
+  make down                                 # stop the operator, the real node and the control plane
 MSG
