@@ -250,7 +250,7 @@ def test_default_rbac_is_one_cluster_role(tmp_path: Path) -> None:
         ("policy", "poddisruptionbudgets", "patch"),
         ("autoscaling", "horizontalpodautoscalers", "patch"),
         ("networking.k8s.io", "networkpolicies", "patch"),
-        ("", "nodes", "watch"),
+        ("", "nodes", "list"),
         ("", "pods", "list"),
         ("", "secrets", "get"),
         ("", "events", "create"),
@@ -269,6 +269,24 @@ def test_default_rbac_is_one_cluster_role(tmp_path: Path) -> None:
         }
     ]
     assert not any(group == "kopf.dev" for group, _, _ in granted)
+
+
+def test_chart_rbac_equals_the_operators_own_rules(tmp_path: Path) -> None:
+    """One source of truth: the chart grants exactly what `slm-operator rbac` says the operator
+    needs (cluster-wide, with HA so the peering rules are in), no verb more, no verb less."""
+    from slm_operator.rbac import rules
+
+    docs = render({"replicaCount": 2}, tmp_path)
+    granted = set().union(*(rules_of(role) for role in by_kind(docs, "ClusterRole")))
+    needed = {
+        (group, resource, verb)
+        for rule in rules(peering=True)
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted - needed == set(), "the chart grants more than the operator needs"
+    assert needed - granted == set(), "the chart lacks what the operator needs"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -103,32 +103,33 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
 # admission plugin is on (e.g. OpenShift), setting it needs update on the owner's finalizers.
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments/finalizers"]
   verbs: ["update"]
-# The children of an SLMDeployment, reconciled by server-side apply.
+# The children of an SLMDeployment, reconciled by server-side apply (a PATCH: no `update`).
+# These rules must equal `slm-operator rbac` (tests/chart/test_chart.py compares them).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Runtime pods: readiness for the status.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Runtime pods: room left on nodes (placement) and failed model fetches (status).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Only checks that the API key Secret named in the spec exists; never lists or reads others.
 - apiGroups: [""]
   resources: ["secrets"]
@@ -150,10 +151,10 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 
 {{/* "clusterRules": what stays cluster-scoped whatever watchNamespaces says. */}}
 {{- define "slm-operator.clusterRules" -}}
-# Nodes: which accelerators (cpu/gpu/npu) the cluster has.
+# Nodes: which accelerators (cpu/gpu/npu) the cluster has, read at each reconcile.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list"]
 # kopf: discovering the served resources and the namespaces.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

@@ -33,7 +33,7 @@ def _all(verbs: str, group: str, resource: str, namespace: str | None = NS) -> l
     return [Access(v, group, resource, namespace) for v in verbs.split()]
 
 
-CHILD_VERBS = "get list watch create update patch delete"
+CHILD_VERBS = "get list watch create patch delete"  # server-side apply is a PATCH
 ALLOWED = [
     *_all("get list watch patch", "slm.dev", "slmdeployments"),
     *_all("get list watch", "slm.dev", "slmdeployments", None),  # cluster-wide watch
@@ -52,7 +52,7 @@ ALLOWED = [
     Access("get", "", "secrets"),
     *_all("create patch", "", "events"),
     *_all("create patch", "events.k8s.io", "events"),
-    *_all("get list watch", "", "nodes", None),
+    *_all("get list", "", "nodes", None),
     *_all("list watch", "apiextensions.k8s.io", "customresourcedefinitions", None),
     *_all("list watch", "", "namespaces", None),
 ]
@@ -60,8 +60,11 @@ DENIED = [
     # Secrets: only `get` of the one named in a spec; never enumerate or change them.
     *_all("list watch create update patch delete", "", "secrets"),
     *_all("list watch", "", "secrets", None),
+    # Children and status are written by server-side apply / patch, never replaced whole.
+    *(Access("update", g, r) for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps")]),
+    Access("update", "slm.dev", "slmdeployments", subresource="status"),
     # Pods are the Deployment controller's business; no exec, attach, logs or eviction.
-    *_all("create update patch delete deletecollection", "", "pods"),
+    *_all("get create update patch delete deletecollection", "", "pods"),
     Access("create", "", "pods", subresource="exec"),
     Access("create", "", "pods", subresource="attach"),
     Access("get", "", "pods", subresource="log"),
