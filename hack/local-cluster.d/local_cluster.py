@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -40,12 +38,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "hack" / "lib"))
+from supervisor import Supervisor  # noqa: E402  (stdlib-only helper shared with hack/real-node)
+
 STATE = Path(os.environ.get("SLM_CLUSTER_DIR") or ROOT / ".local-cluster").resolve()
 BIN = Path(os.environ.get("SLM_BIN_DIR") or ROOT / "bin").resolve()
 NODES_MANIFEST = HERE / "nodes.yaml"
@@ -56,8 +56,6 @@ POD_CIDR = "10.244.0.1/16"
 # Start order; `down` stops in reverse.
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
 EXPECTED_NODES = ["cpu-node-1", "cpu-node-2", "gpu-node-1", "gpu-node-2", "npu-node-1"]
-# Popen handles of the components this process started (to report how one exited).
-CHILDREN: dict[str, subprocess.Popen[bytes]] = {}
 # An address of this host that pods on a real node (hack/real-node) can reach: kube-apiserver then
 # listens on all addresses, advertises this one for the `kubernetes` Service, and its serving
 # certificate names it. Unset (default): loopback only, and the `kubernetes` Service has no
@@ -66,59 +64,14 @@ ADVERTISE = os.environ.get("SLM_APISERVER_ADVERTISE_ADDRESS", "")
 UP_TIMEOUT = float(os.environ.get("SLM_CLUSTER_UP_TIMEOUT", "120"))
 
 
-def log(msg: str) -> None:
-    print(f"local-cluster: {msg}", file=sys.stderr, flush=True)
-
-
 class ClusterError(RuntimeError):
     pass
 
 
-# --------------------------------------------------------------------------------------------
-# state
-
-
-def load_state() -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((STATE / "state.json").read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
-
-
-def save_state(state: dict[str, Any]) -> None:
-    tmp = STATE / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tmp.replace(STATE / "state.json")
-
-
-@contextlib.contextmanager
-def locked() -> Iterator[None]:
-    """One `up`/`down` at a time per state dir (engineers share the working tree)."""
-    STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another up/down on {STATE}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def is_ours(pid: int) -> bool:
-    """The pid runs and is one of our components: its command line names our state dir."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: exited, parent not reaped yet
-        return False
-    return f"{STATE}/" in cmdline
-
-
-def running(state: dict[str, Any]) -> dict[str, int]:
-    return {name: pid for name, pid in state.get("pids", {}).items() if is_ours(int(pid))}
+# Processes, state.json, the lock and logs of the state dir: shared with hack/real-node.
+SUP = Supervisor(STATE, "local-cluster", ClusterError)
+log, load_state, save_state, locked = SUP.log, SUP.load_state, SUP.save_state, SUP.locked
+running, start, wait = SUP.running, SUP.start, SUP.wait
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,36 +276,6 @@ def api_get(state: dict[str, Any], path: str) -> Any:
     return json.loads(body)
 
 
-def wait(what: str, check: Callable[[], bool], deadline: float, watch: list[str]) -> None:
-    """Poll `check` until true; fail early when a component we depend on has died."""
-    state = load_state()
-    while True:
-        if check():
-            return
-        for name in watch:
-            pid = state.get("pids", {}).get(name)
-            proc = CHILDREN.get(name)
-            # A child we started is judged by its Popen handle only: between fork and exec its
-            # /proc cmdline is still ours (python), so is_ours() would call it dead and the
-            # retry would leave it running, holding etcd's data dir.
-            code = proc.poll() if proc else None
-            gone = code is not None if proc else pid is not None and not is_ours(int(pid))
-            if gone:
-                how = "" if code is None else f"with code {code}" if code >= 0 else f"by signal {-code}"
-                raise ClusterError(f"{name} exited {how} while waiting for {what}\n{log_tail(name)}")
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out waiting for {what}\n" + "\n".join(log_tail(n) for n in watch))
-        time.sleep(0.25)
-
-
-def log_tail(name: str, lines: int = 25) -> str:
-    try:
-        text = (STATE / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log for {name})"
-    return f"--- last lines of logs/{name}.log ---\n" + "\n".join(text[-lines:])
-
-
 def nodes_ready(state: dict[str, Any]) -> tuple[bool, str]:
     try:
         items = api_get(state, "/api/v1/nodes")["items"]
@@ -504,24 +427,6 @@ def command_lines(ports: dict[str, int]) -> dict[str, list[str]]:
     }
 
 
-def start(name: str, argv: list[str], state: dict[str, Any]) -> None:
-    logs = STATE / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as out:
-        out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-        out.flush()
-        proc = CHILDREN[name] = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=STATE,
-        )
-    state.setdefault("pids", {})[name] = proc.pid
-    save_state(state)
-
-
 def apiserver_ready(state: dict[str, Any]) -> bool:
     status, _ = http_get(f"https://127.0.0.1:{state['ports']['apiserver']}/readyz", admin_context())
     return status == 200
@@ -576,7 +481,7 @@ def cmd_up() -> int:
 def start_cluster(deadline: float) -> None:
     pki = STATE / "pki"
     shutil.rmtree(STATE / "etcd", ignore_errors=True)
-    CHILDREN.clear()
+    SUP.children.clear()
     ports = pick_ports()
     state: dict[str, Any] = {"ports": ports, "pids": {}, "started": time.time(), "state_dir": str(STATE)}
     save_state(state)
@@ -642,24 +547,8 @@ def stop_all(state: dict[str, Any]) -> None:
     endpoint lease from etcd while it shuts down, so etcd goes last."""
     pids = running(state)
     for name in reversed(COMPONENTS):
-        proc = CHILDREN.get(name)
-        pid = pids.get(name) or (proc.pid if proc is not None and proc.poll() is None else None)
-        if pid is None:
-            continue
-
-        def alive(pid: int = pid, proc: subprocess.Popen[bytes] | None = proc) -> bool:
-            # Our own children are judged by their handle (see wait()), others by /proc.
-            return proc.poll() is None if proc is not None and proc.pid == pid else is_ours(pid)
-
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + (20.0 if name == "kube-apiserver" else 10.0)
-        while time.monotonic() < deadline and alive():
-            time.sleep(0.05)
-        if alive():
-            log(f"{name} ({pid}) ignored SIGTERM; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if name in pids:
+            SUP.stop(name, pids[name], timeout=20.0 if name == "kube-apiserver" else 10.0)
     if state:
         state["pids"] = {}
         save_state(state)

@@ -32,7 +32,6 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -48,7 +47,6 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,8 @@ ROOT = HERE.parent.parent
 CLUSTER = Path(os.environ.get("SLM_CLUSTER_DIR") or ROOT / ".local-cluster").resolve()
 STATE = Path(os.environ.get("SLM_REAL_NODE_DIR") or CLUSTER / "real-node").resolve()
 BIN = Path(os.environ.get("SLM_BIN_DIR") or ROOT / "bin").resolve()
+sys.path.insert(0, str(ROOT / "hack" / "lib"))
+from supervisor import Supervisor, cmdline  # noqa: E402  (stdlib-only, shared with local-cluster)
 CACHE = Path(os.environ.get("SLM_CACHE_DIR") or Path.home() / ".cache" / "slm-operator")
 
 NODE = os.environ.get("SLM_REAL_NODE_NAME", "slm-real-node")
@@ -78,72 +78,16 @@ UP_TIMEOUT = float(os.environ.get("SLM_REAL_NODE_UP_TIMEOUT", "180"))
 COMPONENTS = ["containerd", "kubelet", "kube-proxy"]  # start order; `down` stops in reverse
 
 
-def log(msg: str) -> None:
-    print(f"real-node: {msg}", file=sys.stderr, flush=True)
-
-
 class NodeError(RuntimeError):
     pass
 
 
 # --------------------------------------------------------------------------------------------
-# state and processes
+# state and processes: hack/lib/supervisor.py, shared with hack/local-cluster
 
-
-def load_state() -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((STATE / "state.json").read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
-
-
-def save_state(state: dict[str, Any]) -> None:
-    STATE.mkdir(parents=True, exist_ok=True)
-    tmp = STATE / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tmp.replace(STATE / "state.json")
-
-
-@contextlib.contextmanager
-def locked() -> Iterator[None]:
-    STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another up/down on {STATE}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def cmdline(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-            return None
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
-
-
-def is_ours(pid: int) -> bool:
-    """The pid runs and its command line names our state dir (pids are reused).
-
-    Re-read a few times before saying no: on these VMs a /proc read of a live process has been seen
-    to come back without its command line, and a false "no" would leak a daemon."""
-    for attempt in range(4):
-        line = cmdline(pid)
-        if line is not None and f"{STATE}/" in line:
-            return True
-        if not Path(f"/proc/{pid}").exists():
-            return False
-        time.sleep(0.05 * (attempt + 1))
-    return False
-
-
-def running(state: dict[str, Any]) -> dict[str, int]:
-    return {n: int(p) for n, p in state.get("pids", {}).items() if is_ours(int(p))}
+SUP = Supervisor(STATE, "real-node", NodeError)
+log, load_state, save_state, locked = SUP.log, SUP.load_state, SUP.save_state, SUP.locked
+running, start, stop, wait = SUP.running, SUP.start, SUP.stop, SUP.wait
 
 
 def shim_pids() -> list[int]:
@@ -165,61 +109,6 @@ def run(*argv: str, check: bool = True, timeout: float = 60, quiet: bool = False
     if not quiet and proc.returncode != 0:
         log(f"{' '.join(argv)}: {proc.stderr.strip()[-300:]}")
     return proc.stdout
-
-
-STARTED: dict[str, subprocess.Popen[bytes]] = {}  # what this `up` started: exit codes for `wait`
-
-
-def start(name: str, argv: list[str], state: dict[str, Any]) -> None:
-    logs = STATE / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as out:
-        out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=STATE,
-        )  # fmt: skip
-    state.setdefault("pids", {})[name] = proc.pid
-    STARTED[name] = proc
-    save_state(state)
-
-
-def stop(name: str, pid: int, timeout: float = 20.0) -> None:
-    if not is_ours(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and is_ours(pid):
-        time.sleep(0.1)
-    if is_ours(pid):
-        log(f"{name} ({pid}) ignored SIGTERM; killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def log_tail(name: str, lines: int = 30) -> str:
-    try:
-        text = (STATE / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log for {name})"
-    return f"--- last lines of {STATE / 'logs' / (name + '.log')} ---\n" + "\n".join(text[-lines:])
-
-
-def wait(what: str, check: Callable[[], bool], deadline: float, watch: list[str]) -> None:
-    while True:
-        if check():
-            return
-        for name in watch:
-            proc = STARTED.get(name)
-            code = proc.poll() if proc is not None else None
-            if code is not None:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-                raise NodeError(f"{name} {how} while waiting for {what}\n{log_tail(name)}")
-        if time.monotonic() > deadline:
-            raise NodeError(f"timed out waiting for {what}\n" + "\n".join(log_tail(n) for n in watch))
-        time.sleep(0.5)
 
 
 def free_port() -> int:
