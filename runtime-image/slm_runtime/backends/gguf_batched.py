@@ -60,12 +60,12 @@ from slm_runtime.backends.base import (
     TokenEvent,
 )
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
+from slm_runtime.engine import FinishObserver
 from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-FinishObserver = Callable[[GenerationRequest, FinishEvent], None]
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _MAX_EMBED_TOKENS = 2048
