@@ -15,6 +15,14 @@ CACHE="${SLM_CACHE_DIR:-$HOME/.cache/slm-operator}/wheels/llama-cpp-python-$VERS
 if ls "$CACHE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "$CACHE"; exit 0
 fi
+# One build at a time: a second caller (another worktree, a parallel `make`) waits, then reuses it.
+mkdir -p "$(dirname "$CACHE")"
+exec 9>"$(dirname "$CACHE")/.lock"
+flock 9
+if ls "$CACHE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "$CACHE"; exit 0
+fi
+rm -rf "$CACHE.tmp"
 mkdir -p "$CACHE.tmp"
 echo "building llama-cpp-python $VERSION wheel (CMAKE_ARGS=$CMAKE_ARGS); this takes several minutes" >&2
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip wheel --no-deps --no-binary llama-cpp-python \
