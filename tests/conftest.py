@@ -44,3 +44,22 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def gemma3_gguf() -> Path:
     return real_models_dir() / GEMMA3
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per kind of test this environment could not run (e.g. the real-node e2e without
+    root), so that a green run never hides what it did not prove."""
+    not_run: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        keywords = getattr(report, "keywords", {})
+        if "realnode" not in keywords:
+            continue
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        not_run.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+    for reason, ids in not_run.items():
+        terminalreporter.write_line(
+            f"NOT RUN in this environment: {len(ids)} real-node e2e test(s) ({reason}); "
+            "run as root on Debian/Ubuntu to run them",
+            yellow=True,
+            bold=True,
+        )

@@ -2,7 +2,9 @@
 --
 -- Argo CD runs this with the live object in the global `obj` and expects a table
 -- { status = "Healthy" | "Progressing" | "Degraded", message = "..." }.
--- Argo CD embeds gopher-lua (Lua 5.1), so this keeps to what 5.1 and 5.4 share.
+-- Argo CD embeds gopher-lua (Lua 5.1) and opens no standard library but base and table
+-- for health checks, so this uses neither string.* nor anything newer than 5.1 (tested in
+-- tests/chart/test_argocd_health.py with bin/argocd-lua, the same VM).
 --
 --   Progressing  the operator has not yet observed metadata.generation (status.observedGeneration
 --                missing or older), or Ready is not True yet while Progressing is True, Unknown
