@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +22,34 @@ from slm_runtime.backends.base import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
+    ProviderReport,
     TokenEvent,
 )
+from slm_runtime.backends.onnx_providers import open_model
 from slm_runtime.backends.sampling import StopMatcher
+from slm_runtime.config import ExecutionProvider
 from slm_runtime.errors import BadRequestError, EngineError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
 
 class OnnxBackend(Backend):
-    """One onnxruntime-genai model; one generator at a time."""
+    """One onnxruntime-genai model, opened on the first execution provider that loads it."""
 
     capabilities = Capabilities(embeddings=False, grammar=False, logit_bias=False)
 
     def __init__(
-        self, path: str | Path, *, name: str, context_length: int = 4096, quantization: str | None = None
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        context_length: int = 4096,
+        quantization: str | None = None,
+        providers: Sequence[ExecutionProvider] = (),
     ):
         self._path = Path(path)
+        self._providers = tuple(providers)
+        self.provider: ProviderReport | None = None
         self._name = name
         self._context_length = context_length
         self._quantization = quantization
@@ -52,7 +64,7 @@ class OnnxBackend(Backend):
         if not config_path.is_file():
             raise EngineError(f"not an onnxruntime-genai model folder (no genai_config.json): {self._path}")
         genai = json.loads(config_path.read_text(encoding="utf-8"))
-        self._model = og.Model(str(self._path))
+        self._model, self.provider = open_model(self._path, self._providers, og=og)
         self._tokenizer = og.Tokenizer(self._model)
         eos = genai["model"].get("eos_token_id", [])
         self._eos = set(eos if isinstance(eos, list) else [eos])
@@ -75,6 +87,7 @@ class OnnxBackend(Backend):
             chat_template=template if isinstance(template, str) else None,
             bos_token=_token_text(tok_config.get("bos_token")),
             eos_token=_token_text(tok_config.get("eos_token")),
+            provider=self.provider,
         )
 
     def close(self) -> None:
