@@ -1,0 +1,149 @@
+"""`slm-runtime convert`: the real SmolLM2-135M-Instruct GGUF as an onnxruntime-genai model.
+
+The conversions are cached under ~/.cache/slm-operator/onnx (keyed by the GGUF's sha256, the
+precision and the converter version), so only the first run pays for them (~20 s each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from slm_runtime.backends.base import Backend, FinishEvent, GenerationRequest, SamplingParams
+from slm_runtime.backends.gguf import GgufBackend
+from slm_runtime.backends.onnx import OnnxBackend
+from slm_runtime.cli import main as cli_main
+from slm_runtime.convert import ConversionError, convert_gguf_to_onnx
+from slm_runtime.convert.gguf_source import arch_from_metadata, tokenizer_from_metadata
+from slm_runtime.convert.to_onnx import cache_key
+from slm_runtime.engine import SerialEngine
+from slm_runtime.tiny.onnx_model import quantize_blockwise
+from .conftest import RunningServer, _serve, settings_for
+
+pytestmark = pytest.mark.slow
+
+CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(smollm2_gguf: Path) -> dict[str, Path]:
+    return {p: convert_gguf_to_onnx(smollm2_gguf, p).path for p in ("int4", "fp32")}
+
+
+@pytest.fixture(scope="module")
+def int4_server(smollm2_onnx: dict[str, Path]) -> Iterator[RunningServer]:
+    yield from _serve(settings_for(smollm2_onnx["int4"], model={"name": "smollm2"}))
+
+
+def test_int4_quantization_error_is_at_most_half_a_step() -> None:
+    w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    q = quantize_blockwise(w, 4)
+    assert q.packed().shape == (8, 2, 16)
+    assert q.packed_zero_points().shape == (8, 1)
+    err = np.abs(q.dequantize() - w).reshape(8, 2, 32)
+    assert np.all(err <= q.scales[..., None] / 2 + 1e-6)
+
+
+def test_8_bit_blocks_give_q8_0_weights_back_exactly() -> None:
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, (4, 64)).astype(np.float32)
+    codes[:, 0] = 127  # Q8_0's quantizer maps each block's largest magnitude to 127
+    codes[:, 32] = -127
+    w = codes * np.float32(0.013)
+    assert np.array_equal(quantize_blockwise(w, 8).dequantize(), w)
+
+
+def test_only_llama_with_a_byte_level_tokenizer_converts(gemma3_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="gemma3"):
+        convert_gguf_to_onnx(gemma3_gguf, "int4", cache=tmp_path)
+    with pytest.raises(ConversionError, match="llama.embedding_length"):
+        arch_from_metadata({"general.architecture": "llama"})
+    with pytest.raises(ConversionError, match="pre-tokenizer 'llama-bpe'"):
+        tokenizer_from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe"})
+    assert cache_key("a" * 64, "int4") != cache_key("a" * 64, "fp32")
+
+
+def test_convert_command_reuses_the_cache(
+    smollm2_gguf: Path, smollm2_onnx: dict[str, Path], tmp_path: Path
+) -> None:
+    again = convert_gguf_to_onnx(smollm2_gguf, "int4")
+    assert again.cache_hit
+    assert again.path == smollm2_onnx["int4"]
+    out = tmp_path / "smollm2-int4"
+    argv = ["convert", str(smollm2_gguf), "--to", "onnx", "--precision", "int4", "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in smollm2_onnx["int4"].iterdir())
+    assert (out / "model.onnx").stat().st_size == (smollm2_onnx["int4"] / "model.onnx").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-int4"]  # no temporary left behind
+
+
+def test_tokenizer_json_tokenizes_like_llama_cpp(smollm2_gguf: Path, smollm2_onnx: dict[str, Path]) -> None:
+    import llama_cpp
+    import onnxruntime_genai as og
+
+    vocab = llama_cpp.Llama(str(smollm2_gguf), vocab_only=True, verbose=False)
+    tokenizer = og.Tokenizer(og.Model(str(smollm2_onnx["int4"])))
+    texts = [
+        CHATML.format("What is the capital of France?"),
+        "In 2024, 12345 people paid $3.50 each — naïve café, 東京!",
+        "def f(x):\n    return x  # tabs\tand  spaces   ",
+        "<|im_start|>system\nYou are helpful<|im_end|>\n",
+    ]
+    for text in texts:
+        expected = vocab.tokenize(text.encode(), add_bos=False, special=True)
+        assert [int(t) for t in tokenizer.encode(text)] == expected, text
+
+
+def _greedy(backend: Backend, prompts: list[str], max_tokens: int) -> list[tuple[str, int]]:
+    async def run() -> list[tuple[str, int]]:
+        engine = SerialEngine(backend)
+        await engine.start()
+        out = []
+        for prompt in prompts:
+            pieces: list[str] = []
+            finish: FinishEvent | None = None
+            request = GenerationRequest(prompt, SamplingParams(max_tokens=max_tokens, temperature=0))
+            async for event in engine.generate(request):
+                if isinstance(event, FinishEvent):
+                    finish = event
+                else:
+                    pieces.append(event.text)
+            assert finish is not None
+            out.append(("".join(pieces), finish.completion_tokens))
+        await engine.close()
+        return out
+
+    return asyncio.run(run())
+
+
+def test_fp32_onnx_and_the_gguf_agree_on_greedy_tokens(
+    smollm2_gguf: Path, smollm2_onnx: dict[str, Path]
+) -> None:
+    prompts = [
+        CHATML.format("What is the capital of France?"),
+        CHATML.format("Name three colours."),
+        CHATML.format("Write a haiku about the sea."),
+        "The quick brown fox",
+    ]
+    gguf = _greedy(GgufBackend(smollm2_gguf, name="g", context_length=256, threads=2), prompts, 8)
+    onnx = _greedy(OnnxBackend(smollm2_onnx["fp32"], name="o", context_length=256), prompts, 8)
+    assert onnx == gguf
+    assert all(text.strip() for text, _ in onnx)
+
+
+def test_int4_answers_paris_through_the_server(int4_server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=f"{int4_server.url}/v1", api_key="-")
+    out = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert "Paris" in (out.choices[0].message.content or "")
+    assert out.choices[0].finish_reason == "stop"
+    assert int4_server.metric("slm_execution_provider", provider="cpu", fallback="false") == 1
