@@ -1,7 +1,8 @@
 """ONNX models through onnxruntime-genai (a model folder with `genai_config.json`).
 
-Supports completion and chat with streaming; no embeddings, grammars or logit bias (the
-server answers those with 400 via `capabilities`). Text is decoded with the tokenizer's stream
+Supports completion and chat with streaming, and structured output (`response_format`, Ollama
+`format`) through onnxruntime-genai's guidance (llguidance: a JSON schema constrains every token);
+no embeddings or logit bias (the server answers those with 400 via `capabilities`). Text is decoded with the tokenizer's stream
 decoder because `Tokenizer.decode` cuts text at invalid UTF-8 (FACTS).
 """
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 class OnnxBackend(Backend):
     """One onnxruntime-genai model, opened on the first execution provider that loads it."""
 
-    capabilities = Capabilities(embeddings=False, grammar=False, logit_bias=False)
+    capabilities = Capabilities(embeddings=False, grammar=True, logit_bias=False)
 
     def __init__(
         self,
@@ -102,8 +103,6 @@ class OnnxBackend(Backend):
 
         started = time.perf_counter_ns()
         params = request.sampling
-        if params.response_format.kind != "text":
-            raise UnsupportedError("the ONNX backend does not support response_format / format")
         if params.logit_bias:
             raise UnsupportedError("the ONNX backend does not support logit_bias", param="logit_bias")
         tokens = list(self._tokenizer.encode(request.prompt))
@@ -124,7 +123,16 @@ class OnnxBackend(Backend):
             options["random_seed"] = params.seed & 0x7FFFFFFF
         gen_params = og.GeneratorParams(self._model)
         gen_params.set_search_options(**options)
-        generator = og.Generator(self._model, gen_params)
+        fmt = params.response_format
+        try:
+            if fmt.kind != "text":
+                schema = fmt.schema if fmt.kind == "json_schema" and fmt.schema else {"type": "object"}
+                gen_params.set_guidance("json_schema", json.dumps(schema))
+            generator = og.Generator(self._model, gen_params)
+        except RuntimeError as exc:
+            if fmt.kind == "text":
+                raise EngineError(f"onnxruntime-genai: {exc}") from exc
+            raise BadRequestError(f"cannot use this JSON schema: {exc}", param="response_format") from exc
         stream = self._tokenizer.create_stream()
         stops = StopMatcher(params.stop)
         generated = 0

@@ -17,7 +17,7 @@ from slm_runtime.tiny.onnx_model import PRECISIONS, Precision, write_model_folde
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "3"
 """Bump when the graph or the configs change: it is part of the cache key."""
 
 _MARKER = "slm-convert.json"

@@ -214,22 +214,85 @@ def build_decoder_graph(
 
     block_bits = 4 if precision == "int4" else None
     head_bits = 8 if precision == "int4" else None
-    init("one_i64", np.array([1], dtype=np.int64))
+    # Batches are left-padded with `pad_id` (an id past the vocabulary, with a zero embedding row).
+    # onnxruntime-genai 0.18 passes an all-ones attention_mask even for pads, so the graph finds the
+    # pads itself: in the new tokens by id, in the cache by their key, which is zeroed (no real
+    # token's key is exactly zero). Every row then counts as `total` tokens for GroupQueryAttention
+    # (seqlens_k = total - 1), pads are hidden by an additive attention bias, and each token is
+    # rotated by its own position (real tokens before it). A padded row computes what it computes
+    # alone; without pads (batch 1) this is the plain causal decoder.
+    pad_id = arch.vocab_size
+    init("pad_id", np.array(pad_id, dtype=np.int64))
+    init("one_i64", np.array(1, dtype=np.int64))
+    init("zero_i64", np.array(0, dtype=np.int64))
+    init("zero_f", np.array(0.0, dtype=np.float32))
+    init("one_f", np.array(1.0, dtype=np.float32))
+    init("big", np.array(1e9, dtype=np.float32))
+    init("axes12", np.array([1, 2], dtype=np.int64))
+    init("axes13", np.array([1, 3], dtype=np.int64))
     init("axis1", np.array([1], dtype=np.int64))
-    init("idx1", np.array(1, dtype=np.int64))
+    init("axis_last", np.array([-1], dtype=np.int64))
+    init("idx0", np.array([0], dtype=np.int64))
+    init("idx1", np.array([1], dtype=np.int64))
+    init("big_end", np.array([1 << 62], dtype=np.int64))
     nodes += [
-        helper.make_node("ReduceSum", ["attention_mask", "axis1"], ["mask_sum"], keepdims=0),
-        helper.make_node("Sub", ["mask_sum", "one_i64"], ["seqlens_i64"]),
-        helper.make_node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32),
-        helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
-        helper.make_node("Gather", ["mask_shape", "idx1"], ["total_i64"], axis=0),
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Gather", ["ids_shape", "idx0"], ["batch_1d"], axis=0),
+        helper.make_node("Gather", ["ids_shape", "idx1"], ["seq_1d"], axis=0),
+        # real-token flags, (batch, total): the cache's (layer 0 key != 0), then the new ids
+        helper.make_node("Abs", ["past_key_values.0.key"], ["past_abs"]),
+        helper.make_node("ReduceSum", ["past_abs", "axes13"], ["past_norm"], keepdims=0),
+        helper.make_node("Greater", ["past_norm", "zero_f"], ["past_real_b"]),
+        helper.make_node("Cast", ["past_real_b"], ["past_real"], to=TensorProto.INT64),
+        helper.make_node("Equal", ["input_ids", "pad_id"], ["cur_pad"]),
+        helper.make_node("Not", ["cur_pad"], ["cur_real_b"]),
+        helper.make_node("Cast", ["cur_real_b"], ["cur_real"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["cur_real_b"], ["cur_real_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["cur_real_f", "axis_last"], ["cur_keep"]),
+        helper.make_node("Concat", ["past_real", "cur_real"], ["real"], axis=1),
+        helper.make_node("Shape", ["real"], ["real_shape"]),
+        helper.make_node("Gather", ["real_shape", "idx1"], ["total_1d"], axis=0),
+        helper.make_node("Squeeze", ["total_1d"], ["total_i64"]),
         helper.make_node("Cast", ["total_i64"], ["total_seq_len"], to=TensorProto.INT32),
-        helper.make_node("Gather", [init("embed.weight", weights.embeddings()), "input_ids"], ["h0"]),
+        helper.make_node("Sub", ["total_1d", "one_i64"], ["last_1d"]),
+        helper.make_node("Expand", ["last_1d", "batch_1d"], ["seqlens_i64"]),
+        helper.make_node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32),
+        # attention bias: 0 for real tokens, -1e9 for pads, (batch, 1, seq, total)
+        helper.make_node("Cast", ["real"], ["real_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["real_f", "one_f"], ["real_m1"]),
+        helper.make_node("Mul", ["real_m1", "big"], ["bias_2d"]),
+        helper.make_node("Unsqueeze", ["bias_2d", "axes12"], ["bias_4d"]),
+        helper.make_node("Concat", ["batch_1d", "idx1", "seq_1d", "total_1d"], ["bias_shape"], axis=0),
+        helper.make_node("Expand", ["bias_4d", "bias_shape"], ["attn_bias"]),
+        helper.make_node("CumSum", ["real", "idx1"], ["real_cumsum"]),
+        helper.make_node("Sub", ["real_cumsum", "one_i64"], ["pos_raw"]),
+        helper.make_node("Max", ["pos_raw", "zero_i64"], ["pos_all"]),
+        helper.make_node("Neg", ["seq_1d"], ["neg_seq"]),
+        helper.make_node("Slice", ["pos_all", "neg_seq", "big_end", "axis1"], ["position_ids"]),
     ]
+    embeddings = weights.embeddings()
+    table = np.concatenate([embeddings, np.zeros((1, embeddings.shape[1]), dtype=np.float32)])
+    nodes.append(helper.make_node("Gather", [init("embed.weight", table), "input_ids"], ["h0"]))
+    del table
     rotary: list[str] = []
     if arch.rope_theta is not None:
         cos, sin = _rope_caches(arch)
         rotary = [init("rope.cos", cos), init("rope.sin", sin)]
+
+    def rope(x: str, out: str) -> str:
+        if not rotary:
+            return x
+        nodes.append(
+            helper.make_node(
+                "RotaryEmbedding",
+                [x, "position_ids", *rotary],
+                [out],
+                domain="com.microsoft",
+                interleaved=1 if arch.rope_interleaved else 0,
+            )
+        )
+        return out
+
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
@@ -251,6 +314,9 @@ def build_decoder_graph(
         q, k, v = (
             linear(x, w, f"{p}.{n}", block_bits) for n, w in (("q", layer.q), ("k", layer.k), ("v", layer.v))
         )
+        q, k = rope(q, f"{p}.q_rot"), rope(k, f"{p}.k_rot")
+        nodes.append(helper.make_node("Mul", [k, "cur_keep"], [f"{p}.k_kept"]))  # pads' keys = 0
+        k = f"{p}.k_kept"
         nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
@@ -262,15 +328,16 @@ def build_decoder_graph(
                     f"past_key_values.{i}.value",
                     "seqlens_k",
                     "total_seq_len",
-                    *rotary,
+                    "",  # cos_cache, sin_cache: rotary is applied above, per token position
+                    "",
+                    "",  # position_ids
+                    "attn_bias",
                 ],
                 [f"{p}.attn", f"present.{i}.key", f"present.{i}.value"],
                 domain="com.microsoft",
                 num_heads=arch.heads,
                 kv_num_heads=arch.kv_heads,
                 scale=float(arch.head_dim) ** -0.5,
-                do_rotary=1 if rotary else 0,
-                rotary_interleaved=1 if rotary and arch.rope_interleaved else 0,
             )
         )
         o = linear(f"{p}.attn", layer.o, f"{p}.o", block_bits)
@@ -304,7 +371,7 @@ def genai_config(arch: DecoderArch, tokenizer: TokenizerSpec) -> dict[str, Any]:
             "type": "llama",
             "bos_token_id": tokenizer.bos_id,
             "eos_token_id": list(tokenizer.eos_ids),
-            "pad_token_id": tokenizer.pad_id,
+            "pad_token_id": arch.vocab_size,  # the graph's pad id, see build_decoder_graph
             "context_length": arch.context_length,
             "vocab_size": arch.vocab_size,
             "decoder": {

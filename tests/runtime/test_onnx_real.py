@@ -1,4 +1,6 @@
-"""`slm-runtime convert`: the real SmolLM2-135M-Instruct GGUF as an onnxruntime-genai model.
+"""The real SmolLM2-135M-Instruct as an onnxruntime-genai model, made by `slm-runtime convert`:
+quantization, conversion and its cache, tokenizer and greedy agreement with the GGUF, and answers
+(plain and structured) through our server with the official clients.
 
 The conversions are cached under ~/.cache/slm-operator/onnx (keyed by the GGUF's sha256, the
 precision and the converter version), so only the first run pays for them (~20 s each).
@@ -7,10 +9,14 @@ precision and the converter version), so only the first run pays for them (~20 s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import jsonschema
 import numpy as np
+import ollama
 import openai
 import pytest
 
@@ -147,3 +153,43 @@ def test_int4_answers_paris_through_the_server(int4_server: RunningServer) -> No
     assert "Paris" in (out.choices[0].message.content or "")
     assert out.choices[0].finish_reason == "stop"
     assert int4_server.metric("slm_execution_provider", provider="cpu", fallback="false") == 1
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def test_int4_structured_output_openai_and_ollama(int4_server: RunningServer) -> None:
+    messages = [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}]
+    client = openai.OpenAI(base_url=f"{int4_server.url}/v1", api_key="-")
+    out = client.chat.completions.create(
+        model="smollm2",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=48,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}},
+    )
+    answer = json.loads(out.choices[0].message.content or "")
+    jsonschema.validate(answer, CITY)
+    assert answer["city"] == "Paris"
+    assert out.choices[0].finish_reason == "stop"
+    reply = ollama.Client(host=int4_server.url).chat(
+        model="smollm2", messages=messages, format="json", options={"num_predict": 48, "temperature": 0}
+    )
+    assert isinstance(json.loads(reply.message.content or ""), dict)
+
+
+def test_int4_invalid_schema_is_a_400_naming_response_format(int4_server: RunningServer) -> None:
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+    }
+    r = httpx.post(f"{int4_server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "response_format"
+    assert "nonsense" in r.json()["error"]["message"]
