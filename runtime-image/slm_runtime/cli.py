@@ -159,6 +159,11 @@ def build_engine(settings: RuntimeConfig) -> Any:
             quantization=settings.model.quantization,
             providers=rt.execution_providers,
         )
+        if rt.parallel > 1:
+            # Waiting requests decode together in one generator (backends/onnx_batching.py).
+            from slm_runtime.backends.onnx_batching import BatchingOnnxEngine
+
+            return BatchingOnnxEngine(backend, max_batch=rt.parallel)
     return SerialEngine(backend)
 
 

@@ -496,7 +496,11 @@ def write_model_folder(
             location=_EXTERNAL_DATA,
         )
         del model
-        files = {"genai_config.json": genai_config(arch, tokenizer), **tokenizer_files(tokenizer)}
+        files = {
+            "genai_config.json": genai_config(arch, tokenizer),
+            "slm-model.json": {"left_padded_batches": True, "pad_token_id": arch.vocab_size},
+            **tokenizer_files(tokenizer),
+        }
         files.update(extra_files or {})
         for name, content in files.items():
             (tmp / name).write_text(json.dumps(content, ensure_ascii=False, indent=1), encoding="utf-8")
