@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--sha256", help="expected hex digest of the file (or archive)")
     f.add_argument("--dest", required=True, type=Path, help="destination file (folder with --extract)")
     f.add_argument("--extract", action="store_true", help="unpack a .tar/.tar.gz archive into dest")
+    f.add_argument(
+        "--folder", action="store_true", help="hf:// folder, fetched file by file (--sha256: manifest digest)"
+    )
 
     t = sub.add_parser("tiny-model", help="write a small random-weight model with a real tokenizer")
     t.add_argument("--format", required=True, choices=["gguf", "onnx"])
@@ -245,7 +248,7 @@ def DrainingServer(config: Any, drain: Any, fatal: Any) -> Any:  # noqa: N802 --
 def _fetch(args: argparse.Namespace) -> int:
     from slm_runtime.fetch import fetch
 
-    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract)
+    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract, folder=args.folder)
     log.info(
         "%s ready at %s%s", args.uri.split("?")[0], result.path, " (cache hit)" if result.cache_hit else ""
     )

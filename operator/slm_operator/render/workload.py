@@ -59,6 +59,8 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
     args += ["--dest", ctx.model_path]
     if is_archive(variant.uri):
         args.append("--extract")
+    elif variant.format == "onnx" and variant.uri.startswith("hf://"):
+        args.append("--folder")  # an ONNX model on the hub is a folder: fetched file by file
     container: dict[str, Any] = {
         "name": "fetch-model",
         # The last log line ("sha256 mismatch: ...") becomes the termination message, which the
