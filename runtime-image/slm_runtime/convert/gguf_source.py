@@ -9,6 +9,7 @@ reuses `token_embd.weight`, as llama.cpp does.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -155,8 +156,27 @@ class GgufWeights:
             )
 
 
+def peek_architecture(path: Path) -> str | None:
+    """`general.architecture` when it is the file's first key (as llama.cpp's converters write
+    it), read from the header alone: refusing a large non-llama GGUF takes no time. None if not."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(24)
+            if len(head) < 24 or head[:4] != b"GGUF":
+                return None
+            (key_len,) = struct.unpack("<Q", f.read(8))
+            if key_len > 256 or f.read(key_len) != b"general.architecture":
+                return None
+            value_type, value_len = struct.unpack("<IQ", f.read(12))
+            return f.read(value_len).decode() if value_type == 8 and value_len < 256 else None
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+
+
 def open_gguf(path: Path) -> tuple[DecoderArch, GgufWeights, TokenizerSpec, dict[str, Any]]:
     """Everything the ONNX writer needs from one GGUF file (weights are read lazily)."""
+    if (arch := peek_architecture(path)) not in (None, "llama"):
+        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {arch!r}")
     try:
         reader = gguf.GGUFReader(str(path))
     except (OSError, ValueError) as exc:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slm_runtime.convert.gguf_source import ConversionError, open_gguf
+from slm_runtime.convert.gguf_source import ConversionError, open_gguf, peek_architecture
 from slm_runtime.fetch import sha256_of
 from slm_runtime.tiny.onnx_model import PRECISIONS, Precision, write_model_folder
 
@@ -53,6 +53,8 @@ def convert_gguf_to_onnx(
         raise ConversionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not gguf_path.is_file():
         raise ConversionError(f"no such GGUF file: {gguf_path}")
+    if (arch := peek_architecture(gguf_path)) not in (None, "llama"):
+        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {arch!r}")
     started = time.monotonic()
     digest = sha256_of(gguf_path)
     key = cache_key(digest, precision)
