@@ -116,7 +116,7 @@ def test_fp32_onnx_and_the_gguf_agree_on_greedy_tokens(
         CHATML.format("Write a haiku about the sea."),
         "The quick brown fox",
     ]
-    llm = llama_cpp.Llama(str(smollm2_gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(str(smollm2_gguf), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
     model = og.Model(str(smollm2_onnx["fp32"]))
     agreed = steps = 0
     cosines: list[float] = []
@@ -127,8 +127,7 @@ def test_fp32_onnx_and_the_gguf_agree_on_greedy_tokens(
             generated.append(int(token))
             if len(generated) == 8 or token == llm.token_eos():
                 break
-        llm.reset()
-        llm.eval(ids + generated)
+        # logits_all: llm.scores[i] holds the logits after token i of what generate() evaluated
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(ids) + len(generated) + 1)
         gen = og.Generator(model, params)
