@@ -51,7 +51,9 @@ def _free_port() -> int:
 
 
 def _model() -> Path:
-    out = subprocess.run(["bash", str(ROOT / "hack" / "fetch-models.sh")], capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "fetch-models.sh")], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         sys.exit(f"hack/fetch-models.sh failed:\n{out.stderr}")
     gguf = Path(out.stdout.strip().splitlines()[-1]) / "smollm2-135m-instruct-q4_1.gguf"

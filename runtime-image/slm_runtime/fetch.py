@@ -310,12 +310,11 @@ def git_blob_id(path: Path) -> str:
 
 
 def _hub_listing(
-    client: httpx.Client, org: str, repo: str, revision: str, folder: str, headers: dict[str, str]
+    client: httpx.Client, org: str, repo: str, *, revision: str, folder: str, headers: dict[str, str]
 ) -> list[dict[str, object]]:
     quote = urllib.parse.quote
-    url: str | None = (
-        f"{hf_endpoint()}/api/models/{org}/{repo}/tree/{quote(revision, safe='')}/{quote(folder)}?recursive=true"
-    )
+    tree = f"tree/{quote(revision, safe='')}/{quote(folder)}?recursive=true"
+    url: str | None = f"{hf_endpoint()}/api/models/{org}/{repo}/{tree}"
     entries: list[dict[str, object]] = []
     while url:
         try:
@@ -341,7 +340,9 @@ def _fetch_hf_folder(client: httpx.Client, uri: str, dest: Path, expected: str |
             return FetchResult(dest, recorded, True)
     org, repo, revision, folder = parse_hf_uri(uri)
     headers = {"Authorization": f"Bearer {t}"} if (t := os.environ.get("HF_TOKEN")) else {}
-    files = hub_files(_hub_listing(client, org, repo, revision, folder, headers), folder)
+    files = hub_files(
+        _hub_listing(client, org, repo, revision=revision, folder=folder, headers=headers), folder
+    )
     if not files:
         raise FetchError(f"no files under {uri}")
     staging = dest.with_name(f".{dest.name}.partial")  # kept across restarts: finished files stay

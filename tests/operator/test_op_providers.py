@@ -32,7 +32,9 @@ from slm_runtime.config import RuntimeConfig
         ("cpu", None, [("cpu", {})]),
     ],
 )
-def test_provider_table(hardware: Any, resource: str | None, expected: list[tuple[str, dict[str, str]]]) -> None:
+def test_provider_table(
+    hardware: Any, resource: str | None, expected: list[tuple[str, dict[str, str]]]
+) -> None:
     assert [(p.name, dict(p.options)) for p in execution_providers(hardware, resource)] == expected
 
 
@@ -98,13 +100,21 @@ def _pod(report: dict[str, Any] | str, exit_code: int = 0) -> dict[str, Any]:
         "metadata": {"name": "demo-1"},
         "status": {
             "initContainerStatuses": [
-                {"name": "select-provider", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+                {
+                    "name": "select-provider",
+                    "state": {"terminated": {"exitCode": exit_code, "message": message}},
+                }
             ]
         },
     }
 
 
-FALLBACK = {"provider": "cpu", "requested": "openvino", "fallback": True, "summary": "openvino failed: no NPU"}
+FALLBACK = {
+    "provider": "cpu",
+    "requested": "openvino",
+    "fallback": True,
+    "summary": "openvino failed: no NPU",
+}
 AVAILABLE = {
     "metadata": {"generation": 1},
     "spec": {"replicas": 1},

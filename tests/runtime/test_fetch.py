@@ -220,8 +220,24 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
     certs = tmp_path_factory.mktemp("certs")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem")],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(certs / "key.pem"),
+            "-out",
+            str(certs / "cert.pem"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -236,11 +252,18 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         def do_GET(self) -> None:
             state.gets.append(self.path)
             if self.path.startswith(tree):
-                entries: list[dict[str, object]] = [{"type": "directory", "path": "onnx/int4/sub", "oid": "x"}]
+                entries: list[dict[str, object]] = [
+                    {"type": "directory", "path": "onnx/int4/sub", "oid": "x"}
+                ]
                 for path, data in sorted(state.files.items()):
                     if not path.startswith("onnx/int4/"):
                         continue
-                    entry: dict[str, object] = {"type": "file", "path": path, "size": len(data), "oid": _git_oid(data)}
+                    entry: dict[str, object] = {
+                        "type": "file",
+                        "path": path,
+                        "size": len(data),
+                        "oid": _git_oid(data),
+                    }
                     if len(data) > 1000:
                         entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data)}
                     entries.append(entry)
@@ -284,8 +307,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     yield state
     httpd.shutdown()
     httpd.server_close()
-
-
 
 
 def _manifest() -> str:
@@ -337,7 +358,10 @@ def test_hf_folder_file_that_does_not_match_the_hub_leaves_nothing(
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     hub.corrupt.add(corrupt)
-    with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client, pytest.raises(ChecksumError):
+    with (
+        httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client,
+        pytest.raises(ChecksumError),
+    ):
         fetch(URI, tmp_path / "model", folder=True, client=client)
     assert not (tmp_path / "model").exists()
     # A later attempt (the pod restarting) keeps the good files and fetches only what is missing.
@@ -346,8 +370,11 @@ def test_hf_folder_file_that_does_not_match_the_hub_leaves_nothing(
     with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client:
         fetch(URI, tmp_path / "model", folder=True, client=client)
     fetched_again = {g.rsplit("/", 1)[-1] for g in hub.gets if "/resolve/" in g}
-    assert fetched_again == ({"model.onnx", "tokenizer.json"} if corrupt.endswith("model.onnx") else {
-        "genai_config.json", "model.onnx", "tokenizer.json"})
+    assert fetched_again == (
+        {"model.onnx", "tokenizer.json"}
+        if corrupt.endswith("model.onnx")
+        else {"genai_config.json", "model.onnx", "tokenizer.json"}
+    )
     assert (tmp_path / "model" / "model.onnx").read_bytes() == PAYLOAD
 
 

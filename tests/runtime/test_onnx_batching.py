@@ -101,7 +101,7 @@ def test_cancelled_request_in_a_batch_aborts_without_stopping_the_others(models:
                 if len(events) == 2:
                     doomed.cancel()
 
-        _, (text, finish) = await asyncio.gather(consume(), _run(engine, "hello", GREEDY))
+        _, (_text, finish) = await asyncio.gather(consume(), _run(engine, "hello", GREEDY))
         assert isinstance(events[-1], FinishEvent)
         assert events[-1].reason == "abort"
         assert events[-1].completion_tokens < 200

@@ -27,7 +27,9 @@ def _providers(*items: dict[str, Any]) -> list[ExecutionProvider]:
 
 
 def test_chain_ends_with_cpu_and_drops_repeats() -> None:
-    chain = provider_chain(_providers({"name": "openvino", "options": {"device_type": "NPU"}}, {"name": "openvino"}))
+    chain = provider_chain(
+        _providers({"name": "openvino", "options": {"device_type": "NPU"}}, {"name": "openvino"})
+    )
     assert [(p.name, p.options) for p in chain] == [("openvino", {"device_type": "NPU"}), ("cpu", {})]
     assert [p.name for p in provider_chain([])] == ["cpu"]
     assert [p.name for p in provider_chain(_providers({"name": "cpu"}, {"name": "cuda"}))] == ["cpu"]

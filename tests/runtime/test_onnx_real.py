@@ -24,6 +24,7 @@ from slm_runtime.convert import ConversionError, convert_gguf_to_onnx
 from slm_runtime.convert.gguf_source import arch_from_metadata, tokenizer_from_metadata
 from slm_runtime.convert.to_onnx import cache_key
 from slm_runtime.tiny.onnx_model import quantize_blockwise
+
 from .conftest import RunningServer, _serve, settings_for
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_8_bit_blocks_give_q8_0_weights_back_exactly() -> None:
 def test_only_llama_with_a_byte_level_tokenizer_converts(gemma3_gguf: Path, tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="gemma3"):
         convert_gguf_to_onnx(gemma3_gguf, "int4", cache=tmp_path)
-    with pytest.raises(ConversionError, match="llama.embedding_length"):
+    with pytest.raises(ConversionError, match=r"llama\.embedding_length"):
         arch_from_metadata({"general.architecture": "llama"})
     with pytest.raises(ConversionError, match="pre-tokenizer 'llama-bpe'"):
         tokenizer_from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe"})
@@ -165,7 +166,10 @@ def test_int4_answers_paris_through_the_server(int4_server: RunningServer) -> No
 
 CITY = {
     "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}},
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+    },
     "required": ["city", "country"],
     "additionalProperties": False,
 }
@@ -195,7 +199,10 @@ def test_int4_invalid_schema_is_a_400_naming_response_format(int4_server: Runnin
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": "hi"}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+        },
     }
     r = httpx.post(f"{int4_server.url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 400

@@ -88,7 +88,8 @@ def _provider_container(ctx: RenderContext, runtime: dict[str, Any]) -> dict[str
     fallback (runtime pods have no API access, so this is their only channel to the status).
     It holds the same resources as the runtime container; Kubernetes reuses them after it exits."""
     container = {
-        key: runtime[key] for key in ("image", "command", "env", "resources", "securityContext", "volumeMounts")
+        key: runtime[key]
+        for key in ("image", "command", "env", "resources", "securityContext", "volumeMounts")
     }
     container |= {
         "name": PROVIDER_CONTAINER,

@@ -2,8 +2,10 @@
 
 Supports completion and chat with streaming, and structured output (`response_format`, Ollama
 `format`) through onnxruntime-genai's guidance (llguidance: a JSON schema constrains every token);
-no embeddings or logit bias (the server answers those with 400 via `capabilities`). Text is decoded with the tokenizer's stream
-decoder because `Tokenizer.decode` cuts text at invalid UTF-8 (FACTS).
+no embeddings or logit bias (the server answers those with 400 via `capabilities`). Text is
+decoded with the tokenizer's stream decoder because `Tokenizer.decode` cuts text at invalid
+UTF-8 (FACTS). Several requests can run as one batch (`generate_batch`, used by
+`backends.onnx_batching`).
 """
 
 from __future__ import annotations
@@ -170,8 +172,10 @@ class OnnxBackend(Backend):
             padded[row, width - len(tokens) :] = tokens
         generator.append_tokens(padded)
         prompt_done = time.perf_counter_ns()
-        seqs = [_Sequence(r, e, StopMatcher(r.sampling.stop), self._tokenizer.create_stream(), b)
-                for (r, e), b in zip(batch, budgets, strict=True)]
+        seqs = [
+            _Sequence(r, e, StopMatcher(r.sampling.stop), self._tokenizer.create_stream(), b)
+            for (r, e), b in zip(batch, budgets, strict=True)
+        ]
         while any(s.reason is None for s in seqs):
             for s in seqs:
                 if s.reason is None and (s.request.cancelled.is_set() or s.generated >= s.budget):
@@ -206,7 +210,15 @@ def batch_key(params: SamplingParams) -> tuple[object, ...]:
     grammar = (fmt.kind, json.dumps(fmt.schema, sort_keys=True) if fmt.schema else None)
     if params.temperature <= 0:
         return ("greedy", params.repeat_penalty, grammar)
-    return ("sample", params.temperature, params.top_p, params.top_k, params.repeat_penalty, params.seed, grammar)
+    return (
+        "sample",
+        params.temperature,
+        params.top_p,
+        params.top_k,
+        params.repeat_penalty,
+        params.seed,
+        grammar,
+    )
 
 
 @dataclass

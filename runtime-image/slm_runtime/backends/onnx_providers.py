@@ -75,7 +75,7 @@ def _register_plugin(og: Any, name: str, registered: set[str]) -> None:
 
 def plugin_devices(ep_name: str, library: str) -> list[str]:
     """Hardware device types (CPU, GPU, NPU) a plugin library offers here, asked of onnxruntime."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     if not any(d.ep_name == ep_name for d in ort.get_ep_devices()):
         try:

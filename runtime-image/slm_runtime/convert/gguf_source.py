@@ -175,8 +175,8 @@ def peek_architecture(path: Path) -> str | None:
 
 def open_gguf(path: Path) -> tuple[DecoderArch, GgufWeights, TokenizerSpec, dict[str, Any]]:
     """Everything the ONNX writer needs from one GGUF file (weights are read lazily)."""
-    if (arch := peek_architecture(path)) not in (None, "llama"):
-        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {arch!r}")
+    if (peeked := peek_architecture(path)) not in (None, "llama"):
+        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {peeked!r}")
     try:
         reader = gguf.GGUFReader(str(path))
     except (OSError, ValueError) as exc:

@@ -53,8 +53,8 @@ def convert_gguf_to_onnx(
         raise ConversionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not gguf_path.is_file():
         raise ConversionError(f"no such GGUF file: {gguf_path}")
-    if (arch := peek_architecture(gguf_path)) not in (None, "llama"):
-        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {arch!r}")
+    if (peeked := peek_architecture(gguf_path)) not in (None, "llama"):
+        raise ConversionError(f"only llama-architecture GGUFs convert to ONNX, this one is {peeked!r}")
     started = time.monotonic()
     digest = sha256_of(gguf_path)
     key = cache_key(digest, precision)
@@ -72,11 +72,15 @@ def convert_gguf_to_onnx(
             "license": meta.get("general.license"),
         }
         folder.parent.mkdir(parents=True, exist_ok=True)
-        write_model_folder(folder, arch, weights, tokenizer, precision, extra_files={_MARKER: marker})
+        write_model_folder(
+            folder, arch, weights, tokenizer, precision=precision, extra_files={_MARKER: marker}
+        )
     if out is not None and out.resolve() != folder.resolve():
         _copy_atomically(folder, out)
     result = ConvertResult(out or folder, key, hit, time.monotonic() - started)
-    log.info("ONNX %s model at %s (%s, %.1f s)", precision, result.path, "cached" if hit else "new", result.seconds)
+    log.info(
+        "ONNX %s model at %s (%s, %.1f s)", precision, result.path, "cached" if hit else "new", result.seconds
+    )
     return result
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -162,6 +162,91 @@ def _rope_caches(arch: DecoderArch) -> tuple[F32, F32]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def _padding_nodes(arch: DecoderArch, init: Callable[[str, Any], str]) -> list[onnx.NodeProto]:
+    """Nodes computing seqlens_k, total_seq_len, attn_bias and position_ids for padded batches."""
+    # Batches are left-padded with `pad_id` (an id past the vocabulary, with a zero embedding row).
+    # onnxruntime-genai 0.18 passes an all-ones attention_mask even for pads, so the graph finds the
+    # pads itself: in the new tokens by id, in the cache by their key, which is zeroed (no real
+    # token's key is exactly zero). Every row then counts as `total` tokens for GroupQueryAttention
+    # (seqlens_k = total - 1), pads are hidden by an additive attention bias, and each token is
+    # rotated by its own position (real tokens before it). A padded row computes what it computes
+    # alone; without pads (batch 1) this is the plain causal decoder.
+    pad_id = arch.vocab_size
+    init("pad_id", np.array(pad_id, dtype=np.int64))
+    init("one_i64", np.array(1, dtype=np.int64))
+    init("zero_i64", np.array(0, dtype=np.int64))
+    init("zero_f", np.array(0.0, dtype=np.float32))
+    init("one_f", np.array(1.0, dtype=np.float32))
+    init("big", np.array(1e9, dtype=np.float32))
+    init("axes12", np.array([1, 2], dtype=np.int64))
+    init("axes13", np.array([1, 3], dtype=np.int64))
+    init("axis1", np.array([1], dtype=np.int64))
+    init("axis_last", np.array([-1], dtype=np.int64))
+    init("idx0", np.array([0], dtype=np.int64))
+    init("idx1", np.array([1], dtype=np.int64))
+    init("big_end", np.array([1 << 62], dtype=np.int64))
+    return [
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Gather", ["ids_shape", "idx0"], ["batch_1d"], axis=0),
+        helper.make_node("Gather", ["ids_shape", "idx1"], ["seq_1d"], axis=0),
+        # real-token flags, (batch, total): the cache's (layer 0 key != 0), then the new ids
+        helper.make_node("Abs", ["past_key_values.0.key"], ["past_abs"]),
+        helper.make_node("ReduceSum", ["past_abs", "axes13"], ["past_norm"], keepdims=0),
+        helper.make_node("Greater", ["past_norm", "zero_f"], ["past_real_b"]),
+        helper.make_node("Cast", ["past_real_b"], ["past_real"], to=TensorProto.INT64),
+        helper.make_node("Equal", ["input_ids", "pad_id"], ["cur_pad"]),
+        helper.make_node("Not", ["cur_pad"], ["cur_real_b"]),
+        helper.make_node("Cast", ["cur_real_b"], ["cur_real"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["cur_real_b"], ["cur_real_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["cur_real_f", "axis_last"], ["cur_keep"]),
+        helper.make_node("Concat", ["past_real", "cur_real"], ["real"], axis=1),
+        helper.make_node("Shape", ["real"], ["real_shape"]),
+        helper.make_node("Gather", ["real_shape", "idx1"], ["total_1d"], axis=0),
+        helper.make_node("Squeeze", ["total_1d"], ["total_i64"]),
+        helper.make_node("Cast", ["total_i64"], ["total_seq_len"], to=TensorProto.INT32),
+        helper.make_node("Sub", ["total_1d", "one_i64"], ["last_1d"]),
+        helper.make_node("Expand", ["last_1d", "batch_1d"], ["seqlens_i64"]),
+        helper.make_node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32),
+        # attention bias: 0 for real tokens, -1e9 for pads, (batch, 1, seq, total)
+        helper.make_node("Cast", ["real"], ["real_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["real_f", "one_f"], ["real_m1"]),
+        helper.make_node("Mul", ["real_m1", "big"], ["bias_2d"]),
+        helper.make_node("Unsqueeze", ["bias_2d", "axes12"], ["bias_4d"]),
+        helper.make_node("Concat", ["batch_1d", "idx1", "seq_1d", "total_1d"], ["bias_shape"], axis=0),
+        helper.make_node("Expand", ["bias_4d", "bias_shape"], ["attn_bias"]),
+        helper.make_node("CumSum", ["real", "idx1"], ["real_cumsum"]),
+        helper.make_node("Sub", ["real_cumsum", "one_i64"], ["pos_raw"]),
+        helper.make_node("Max", ["pos_raw", "zero_i64"], ["pos_all"]),
+        helper.make_node("Neg", ["seq_1d"], ["neg_seq"]),
+        helper.make_node("Slice", ["pos_all", "neg_seq", "big_end", "axis1"], ["position_ids"]),
+    ]
+
+
+def _kv_cache_io(i: int, arch: DecoderArch) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    """Layer i's `past_key_values.i.*` inputs and `present.i.*` outputs (BNSH)."""
+    past: list[str | int] = ["batch", arch.kv_heads, "past", arch.head_dim]
+    total: list[str | int] = ["batch", arch.kv_heads, "total", arch.head_dim]
+    kinds = ("key", "value")
+    return (
+        [helper.make_tensor_value_info(f"past_key_values.{i}.{k}", TensorProto.FLOAT, past) for k in kinds],
+        [helper.make_tensor_value_info(f"present.{i}.{k}", TensorProto.FLOAT, total) for k in kinds],
+    )
+
+
+def _graph_io(arch: DecoderArch) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    """The graph's inputs and outputs, with the names onnxruntime-genai's config points at."""
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", arch.vocab_size])]
+    for i in range(arch.layers):
+        layer_inputs, layer_outputs = _kv_cache_io(i, arch)
+        inputs += layer_inputs
+        outputs += layer_outputs
+    return inputs, outputs
+
+
 def build_decoder_graph(
     arch: DecoderArch, weights: DecoderWeights, precision: Precision = "fp32", name: str = "slm-decoder"
 ) -> onnx.ModelProto:
@@ -214,62 +299,7 @@ def build_decoder_graph(
 
     block_bits = 4 if precision == "int4" else None
     head_bits = 8 if precision == "int4" else None
-    # Batches are left-padded with `pad_id` (an id past the vocabulary, with a zero embedding row).
-    # onnxruntime-genai 0.18 passes an all-ones attention_mask even for pads, so the graph finds the
-    # pads itself: in the new tokens by id, in the cache by their key, which is zeroed (no real
-    # token's key is exactly zero). Every row then counts as `total` tokens for GroupQueryAttention
-    # (seqlens_k = total - 1), pads are hidden by an additive attention bias, and each token is
-    # rotated by its own position (real tokens before it). A padded row computes what it computes
-    # alone; without pads (batch 1) this is the plain causal decoder.
-    pad_id = arch.vocab_size
-    init("pad_id", np.array(pad_id, dtype=np.int64))
-    init("one_i64", np.array(1, dtype=np.int64))
-    init("zero_i64", np.array(0, dtype=np.int64))
-    init("zero_f", np.array(0.0, dtype=np.float32))
-    init("one_f", np.array(1.0, dtype=np.float32))
-    init("big", np.array(1e9, dtype=np.float32))
-    init("axes12", np.array([1, 2], dtype=np.int64))
-    init("axes13", np.array([1, 3], dtype=np.int64))
-    init("axis1", np.array([1], dtype=np.int64))
-    init("axis_last", np.array([-1], dtype=np.int64))
-    init("idx0", np.array([0], dtype=np.int64))
-    init("idx1", np.array([1], dtype=np.int64))
-    init("big_end", np.array([1 << 62], dtype=np.int64))
-    nodes += [
-        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
-        helper.make_node("Gather", ["ids_shape", "idx0"], ["batch_1d"], axis=0),
-        helper.make_node("Gather", ["ids_shape", "idx1"], ["seq_1d"], axis=0),
-        # real-token flags, (batch, total): the cache's (layer 0 key != 0), then the new ids
-        helper.make_node("Abs", ["past_key_values.0.key"], ["past_abs"]),
-        helper.make_node("ReduceSum", ["past_abs", "axes13"], ["past_norm"], keepdims=0),
-        helper.make_node("Greater", ["past_norm", "zero_f"], ["past_real_b"]),
-        helper.make_node("Cast", ["past_real_b"], ["past_real"], to=TensorProto.INT64),
-        helper.make_node("Equal", ["input_ids", "pad_id"], ["cur_pad"]),
-        helper.make_node("Not", ["cur_pad"], ["cur_real_b"]),
-        helper.make_node("Cast", ["cur_real_b"], ["cur_real"], to=TensorProto.INT64),
-        helper.make_node("Cast", ["cur_real_b"], ["cur_real_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["cur_real_f", "axis_last"], ["cur_keep"]),
-        helper.make_node("Concat", ["past_real", "cur_real"], ["real"], axis=1),
-        helper.make_node("Shape", ["real"], ["real_shape"]),
-        helper.make_node("Gather", ["real_shape", "idx1"], ["total_1d"], axis=0),
-        helper.make_node("Squeeze", ["total_1d"], ["total_i64"]),
-        helper.make_node("Cast", ["total_i64"], ["total_seq_len"], to=TensorProto.INT32),
-        helper.make_node("Sub", ["total_1d", "one_i64"], ["last_1d"]),
-        helper.make_node("Expand", ["last_1d", "batch_1d"], ["seqlens_i64"]),
-        helper.make_node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32),
-        # attention bias: 0 for real tokens, -1e9 for pads, (batch, 1, seq, total)
-        helper.make_node("Cast", ["real"], ["real_f"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["real_f", "one_f"], ["real_m1"]),
-        helper.make_node("Mul", ["real_m1", "big"], ["bias_2d"]),
-        helper.make_node("Unsqueeze", ["bias_2d", "axes12"], ["bias_4d"]),
-        helper.make_node("Concat", ["batch_1d", "idx1", "seq_1d", "total_1d"], ["bias_shape"], axis=0),
-        helper.make_node("Expand", ["bias_4d", "bias_shape"], ["attn_bias"]),
-        helper.make_node("CumSum", ["real", "idx1"], ["real_cumsum"]),
-        helper.make_node("Sub", ["real_cumsum", "one_i64"], ["pos_raw"]),
-        helper.make_node("Max", ["pos_raw", "zero_i64"], ["pos_all"]),
-        helper.make_node("Neg", ["seq_1d"], ["neg_seq"]),
-        helper.make_node("Slice", ["pos_all", "neg_seq", "big_end", "axis1"], ["position_ids"]),
-    ]
+    nodes += _padding_nodes(arch, init)
     embeddings = weights.embeddings()
     table = np.concatenate([embeddings, np.zeros((1, embeddings.shape[1]), dtype=np.float32)])
     nodes.append(helper.make_node("Gather", [init("embed.weight", table), "input_ids"], ["h0"]))
@@ -293,23 +323,10 @@ def build_decoder_graph(
         )
         return out
 
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", arch.vocab_size])]
+    inputs, outputs = _graph_io(arch)
     hidden = "h0"
     for i, layer in enumerate(weights.layers()):
         p = f"l{i}"
-        kv_dims: list[str | int] = ["batch", arch.kv_heads, "past", arch.head_dim]
-        present_dims: list[str | int] = ["batch", arch.kv_heads, "total", arch.head_dim]
-        for kind in ("key", "value"):
-            inputs.append(
-                helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_dims)
-            )
-            outputs.append(
-                helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present_dims)
-            )
         x = rms_norm(hidden, layer.attn_norm, f"{p}.attn_norm")
         q, k, v = (
             linear(x, w, f"{p}.{n}", block_bits) for n, w in (("q", layer.q), ("k", layer.k), ("v", layer.v))
@@ -478,6 +495,7 @@ def write_model_folder(
     arch: DecoderArch,
     weights: DecoderWeights,
     tokenizer: TokenizerSpec,
+    *,
     precision: Precision = "fp32",
     extra_files: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
