@@ -103,3 +103,21 @@ def test_select_provider_refuses_a_gguf(models: dict[str, Path], tmp_path: Path)
     argv = ["select-provider", "--config", str(config), "--model", str(models["q8_0"])]
     assert cli_main([*argv, "--report", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_openvino_plugin_runs_the_model_or_says_why_not(models: dict[str, Path]) -> None:
+    """With PyPI's onnxruntime-ep-openvino: on a host where the plugin offers a CPU device the
+    model runs through OpenVINO (no fallback); where it offers none (this workplace's AMD EPYC
+    CPUs) the fallback names that reason instead of onnxruntime-genai's misleading one."""
+    ov = pytest.importorskip("onnxruntime_ep_openvino")
+    from slm_runtime.backends.onnx_providers import plugin_devices
+
+    devices = plugin_devices(ov.get_ep_name(), ov.get_library_path())
+    _, report = open_model(
+        models["onnx"], _providers({"name": "openvino", "options": {"device_type": "CPU"}})
+    )
+    if "CPU" in devices:
+        assert (report.provider, report.fallback) == ("openvino", False)
+    else:
+        assert report.fallback
+        assert "offers no device on this host" in report.errors[0]

@@ -43,6 +43,10 @@ PLUGIN_PACKAGES: dict[str, str] = {"openvino": "onnxruntime_ep_openvino"}
 
 CPU = ExecutionProvider(name="cpu")
 
+_REGISTERED: set[str] = set()
+"""Plugin libraries registered with onnxruntime-genai. Registration is process-wide in the native
+library (a second one fails), so this mirrors that state rather than adding any of our own."""
+
 
 def provider_chain(configured: Sequence[ExecutionProvider]) -> list[ExecutionProvider]:
     """The configured providers without repeats, always ending with CPU (nothing after it)."""
@@ -55,17 +59,18 @@ def provider_chain(configured: Sequence[ExecutionProvider]) -> list[ExecutionPro
     return [*chain, CPU]
 
 
-def _register_plugin(og: Any, name: str, registered: set[str]) -> None:
+def _register_plugin(og: Any, name: str) -> None:
     package = PLUGIN_PACKAGES.get(name)
-    if package is None or name in registered:
+    if package is None:
         return
     try:
         module = importlib.import_module(package)
     except ImportError as exc:
         raise RuntimeError(f"plugin package {package.replace('_', '-')} is not installed ({exc})") from exc
     ep_name, library = module.get_ep_name(), module.get_library_path()
-    og.register_execution_provider_library(ep_name, library)
-    registered.add(name)
+    if name not in _REGISTERED:
+        og.register_execution_provider_library(ep_name, library)
+        _REGISTERED.add(name)
     devices = plugin_devices(ep_name, library)
     if not devices:
         # onnxruntime-genai would go on to say "not supported in this build", which misleads.
@@ -85,11 +90,11 @@ def plugin_devices(ep_name: str, library: str) -> list[str]:
     return sorted({d.device.type.name for d in ort.get_ep_devices() if d.ep_name == ep_name})
 
 
-def _open(og: Any, path: Path, provider: ExecutionProvider, registered: set[str]) -> Any:
+def _open(og: Any, path: Path, provider: ExecutionProvider) -> Any:
     config = og.Config(str(path))
     config.clear_providers()
     if provider.name != "cpu":
-        _register_plugin(og, provider.name, registered)
+        _register_plugin(og, provider.name)
         og_name = OG_PROVIDER_NAMES[provider.name]
         config.append_provider(og_name)
         for key, value in sorted(provider.options.items()):
@@ -102,7 +107,7 @@ def open_model(
     configured: Sequence[ExecutionProvider],
     *,
     og: Any = None,
-    opener: Callable[[Any, Path, ExecutionProvider, set[str]], Any] = _open,
+    opener: Callable[[Any, Path, ExecutionProvider], Any] = _open,
 ) -> tuple[Any, ProviderReport]:
     """The loaded `og.Model` on the first provider of the chain that loads, and the report."""
     if og is None:
@@ -111,10 +116,9 @@ def open_model(
         og = onnxruntime_genai
     chain = provider_chain(configured)
     errors: list[str] = []
-    registered: set[str] = set()
     for provider in chain:
         try:
-            model = opener(og, path, provider, registered)
+            model = opener(og, path, provider)
         except Exception as exc:  # any provider failure means: try the next one
             message = " ".join(str(exc).split())[:400] or type(exc).__name__
             log.warning("execution provider %s failed to load the model: %s", provider.name, message)
