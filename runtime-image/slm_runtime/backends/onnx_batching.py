@@ -28,7 +28,9 @@ from slm_runtime.engine import SerialEngine, _as_slm_error, _Failure
 log = logging.getLogger(__name__)
 
 GATHER_SECONDS = 0.005
-"""How long a batch that is not full waits for more requests before it starts."""
+"""How long a batch that is not full waits for more requests before it starts..."""
+LOADED_GATHER_SECONDS = 0.03
+"""...and how long when the previous batch had several requests (clients are waiting)."""
 
 Deliver = Callable[[GenerationEvent | _Failure], None]
 
@@ -61,6 +63,20 @@ class BatchingOnnxEngine(SerialEngine):
         self._waiting: deque[_Waiting] = deque()
         self._lock = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()  # size -> batches run, for logs and tests
+        self._last_size = 1
+
+    def _gather(self, limit: int) -> None:
+        """Wait briefly for a batch to fill: clients sent together arrive a little apart, and
+        under load (the last batch had several) the next requests follow within milliseconds of
+        the last batch's answers. At most GATHER_SECONDS (or LOADED_GATHER_SECONDS) of TTFT."""
+        want = min(limit, max(2, self._last_size))
+        window = LOADED_GATHER_SECONDS if self._last_size > 1 else GATHER_SECONDS
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not 0 < len(self._waiting) < want:
+                    return
+            time.sleep(0.001)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Queue `request`; yield its events. Closing the iterator early cancels the generation."""
@@ -99,10 +115,7 @@ class BatchingOnnxEngine(SerialEngine):
 
     def _run_batch(self) -> None:
         limit = self._max_batch if self._onnx.batchable else 1
-        with self._lock:
-            short = 0 < len(self._waiting) < limit
-        if short:
-            time.sleep(GATHER_SECONDS)  # requests sent together arrive microseconds apart
+        self._gather(limit)
         with self._lock:
             batch = take_batch(self._waiting, limit)
         live = []
@@ -119,6 +132,7 @@ class BatchingOnnxEngine(SerialEngine):
         if not live:
             return
         self.batch_sizes[len(live)] += 1
+        self._last_size = len(live)
         try:
             self._onnx.generate_batch([(w.request, w.emit) for w in live])
         except BaseException as exc:
