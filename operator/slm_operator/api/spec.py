@@ -83,7 +83,8 @@ class ModelVariant(ApiModel):
     sha256: str | None = Field(
         None,
         pattern=SHA256_PATTERN,
-        description="Expected SHA-256 of the file (64 hex digits); checked after download.",
+        description="Expected SHA-256 of the file (64 hex digits); checked after download. For an "
+        "ONNX hf:// folder: the manifest digest, sha256 of `sha256sum` over its files sorted by path.",
     )
     size_bytes: int | None = Field(
         None,
