@@ -66,6 +66,7 @@ def test_npu_example_renders_openvino_npu_and_the_select_provider_container() ->
     assert chain == [("openvino", {"device_type": "NPU"}), ("cpu", {})]
     containers = _init(objs)
     assert list(containers) == ["fetch-model", "select-provider", "runtime"]
+    assert "--folder" in containers["fetch-model"]["args"]  # an hf:// ONNX variant is a folder
     select = containers["select-provider"]
     assert select["args"][:3] == ["select-provider", "--config", "/etc/slm/config.yaml"]
     assert select["resources"] == containers["runtime"]["resources"]
@@ -84,6 +85,7 @@ def test_spec_override_and_formats_without_providers() -> None:
     gguf_objs = _render(spec(hardware={"preference": ["gpu"]}))  # GGUF: llama.cpp, no providers
     assert _runtime_config(gguf_objs).runtime.execution_providers == []
     assert list(_init(gguf_objs)) == ["fetch-model", "runtime"]
+    assert "--folder" not in _init(gguf_objs)["fetch-model"]["args"]
     cpu_objs = _render(spec(model=model, hardware={"preference": ["cpu"]}))
     assert _runtime_config(cpu_objs).runtime.execution_providers == []
     assert "select-provider" not in _init(cpu_objs)
