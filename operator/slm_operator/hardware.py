@@ -21,6 +21,21 @@ accelerator taint is assumed to be keyed by the resource name (as the NVIDIA GPU
 test bed do: `nvidia.com/gpu=present:NoSchedule`); the pods tolerate `key Exists, effect NoSchedule`.
 Memory available to the model is the GPU memory label times the device count on gpu, and the node's
 allocatable memory (minus other pods' requests) on cpu and npu.
+
+ONNX models run on the onnxruntime-genai execution provider for the placed accelerator's vendor
+(`execution_providers`); the runtime falls back to CPU when it cannot load, and says so:
+
+| Placed on                                   | Execution provider | Options              |
+|---------------------------------------------|--------------------|----------------------|
+| gpu `nvidia.com/*`                          | cuda               | —                    |
+| gpu `gpu.intel.com/*`                       | openvino (plugin)  | `device_type: GPU`   |
+| npu `npu.intel.com/*`                       | openvino (plugin)  | `device_type: NPU`   |
+| npu `qualcomm.com/*`                        | qnn                | `backend_path: libQnnHtp.so` |
+| npu `amd.com/*`, `xilinx.com/*`             | vitisai            | —                    |
+| anything else (AMD GPU, AWS Neuron, Ascend) | cpu                | —                    |
+| cpu                                         | cpu                | —                    |
+
+`spec.hardware.{gpu,npu}.executionProvider` replaces the table's choice for that class.
 """
 
 from __future__ import annotations
@@ -65,6 +80,43 @@ def accelerator(resource: str, hardware: HardwareClass) -> Accelerator:
         if acc.resource == resource:
             return acc
     return Accelerator(resource, hardware, "unknown")
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """An onnxruntime-genai execution provider and its options (names as in the runtime config)."""
+
+    name: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+# (class, resource-name prefix) -> provider; the first matching row wins.
+_PROVIDER_TABLE: tuple[tuple[HardwareClass, str, ProviderChoice], ...] = (
+    ("gpu", "nvidia.com/", ProviderChoice("cuda")),
+    ("gpu", "gpu.intel.com/", ProviderChoice("openvino", {"device_type": "GPU"})),
+    ("npu", "npu.intel.com/", ProviderChoice("openvino", {"device_type": "NPU"})),
+    ("npu", "qualcomm.com/", ProviderChoice("qnn", {"backend_path": "libQnnHtp.so"})),
+    ("npu", "amd.com/", ProviderChoice("vitisai")),
+    ("npu", "xilinx.com/", ProviderChoice("vitisai")),
+)
+CPU_PROVIDER = ProviderChoice("cpu")
+
+
+def execution_providers(
+    hardware: HardwareClass, resource: str | None, override: ProviderChoice | None = None
+) -> list[ProviderChoice]:
+    """Providers the runtime tries, in order, for an ONNX model placed on `resource`; ends with CPU.
+
+    The pod holds only the accelerator it was placed on, so the fallback after it is the CPU.
+    """
+    choice = override
+    if choice is None and resource is not None:
+        choice = next(
+            (c for cls, prefix, c in _PROVIDER_TABLE if cls == hardware and resource.startswith(prefix)), None
+        )
+    if hardware == "cpu" or choice is None or choice.name == "cpu":
+        return [CPU_PROVIDER]
+    return [choice, CPU_PROVIDER]
 
 
 def known_resources(hardware: HardwareClass) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""`slm-runtime`: serve a model, fetch one, or generate a tiny one.
+"""`slm-runtime`: serve a model, fetch one, convert one to ONNX, or generate a tiny one.
 
 Exit codes: 0 ok; 1 unexpected failure; 2 bad arguments or config; 3 checksum mismatch;
 4 download/fetch failed; 5 the model failed to load (serve).
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--sha256", help="expected hex digest of the file (or archive)")
     f.add_argument("--dest", required=True, type=Path, help="destination file (folder with --extract)")
     f.add_argument("--extract", action="store_true", help="unpack a .tar/.tar.gz archive into dest")
+    f.add_argument(
+        "--folder", action="store_true", help="hf:// folder, fetched file by file (--sha256: manifest digest)"
+    )
 
     t = sub.add_parser("tiny-model", help="write a small random-weight model with a real tokenizer")
     t.add_argument("--format", required=True, choices=["gguf", "onnx"])
@@ -55,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shape", default="tiny", help="tiny (default), small, or qwen2.5-0.5b (real SLM dims)")
+
+    c = sub.add_parser("convert", help="convert a llama-architecture GGUF to an onnxruntime-genai folder")
+    c.add_argument("gguf", type=Path, help="the GGUF file")
+    c.add_argument("--to", required=True, choices=["onnx"], help="target format")
+    c.add_argument("--precision", required=True, choices=["int4", "fp32"])
+    c.add_argument("--out", type=Path, help="folder to write (default: print the cached folder)")
+    c.add_argument("--cache-dir", type=Path, help="conversion cache (default ~/.cache/slm-operator/onnx)")
+
+    e = sub.add_parser(
+        "select-provider",
+        help="open the ONNX model on the configured execution providers (with fallback) and report which one "
+        "loaded it: the init container that tells the operator about a fallback",
+    )
+    e.add_argument("--config", type=Path, required=True, help="runtime config YAML rendered by the operator")
+    e.add_argument("--model", help="ONNX folder (overrides model.path)")
+    e.add_argument(
+        "--report", type=Path, default=Path("/dev/termination-log"), help="where to write the JSON report"
+    )
     return p
 
 
@@ -139,7 +160,13 @@ def build_engine(settings: RuntimeConfig) -> Any:
             name=settings.model.name,
             context_length=rt.context_length,
             quantization=settings.model.quantization,
+            providers=rt.execution_providers,
         )
+        if rt.parallel > 1:
+            # Waiting requests decode together in one generator (backends/onnx_batching.py).
+            from slm_runtime.backends.onnx_batching import BatchingOnnxEngine
+
+            return BatchingOnnxEngine(backend, max_batch=rt.parallel)
     return SerialEngine(backend)
 
 
@@ -221,7 +248,7 @@ def DrainingServer(config: Any, drain: Any, fatal: Any) -> Any:  # noqa: N802 --
 def _fetch(args: argparse.Namespace) -> int:
     from slm_runtime.fetch import fetch
 
-    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract)
+    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract, folder=args.folder)
     log.info(
         "%s ready at %s%s", args.uri.split("?")[0], result.path, " (cache hit)" if result.cache_hit else ""
     )
@@ -247,6 +274,31 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from slm_runtime.convert import convert_gguf_to_onnx
+
+    result = convert_gguf_to_onnx(args.gguf, args.precision, out=args.out, cache=args.cache_dir)
+    print(result.path)
+    return EXIT_OK
+
+
+def _select_provider(args: argparse.Namespace) -> int:
+    import json
+
+    from slm_runtime.backends.onnx_providers import open_model
+
+    settings = RuntimeConfig.from_file(args.config)
+    path = Path(args.model or settings.model.path or "")
+    if not path.is_dir():
+        raise SlmError(f"select-provider needs an ONNX model folder, got {str(path)!r}")
+    model, report = open_model(path, settings.runtime.execution_providers)
+    del model
+    text = json.dumps(report.to_json(), sort_keys=True)
+    args.report.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -254,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": _serve, "fetch": _fetch, "tiny-model": _tiny_model}
+    handlers = {
+        "serve": _serve,
+        "fetch": _fetch,
+        "tiny-model": _tiny_model,
+        "convert": _convert,
+        "select-provider": _select_provider,
+    }
     try:
         return handlers[args.command](args)
     except ChecksumError as exc:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ModelFormat = Literal["gguf", "onnx", "auto"]
 HardwareClass = Literal["cpu", "gpu", "npu"]
+ProviderName = Literal["cpu", "cuda", "openvino", "qnn", "vitisai", "dml", "webgpu"]
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,13 @@ class ModelSection(_Strict):
     quantization: str | None = Field(None, description="Reported in metrics and /api/show only.")
 
 
+class ExecutionProvider(_Strict):
+    """An onnxruntime-genai execution provider and its options (ONNX models only)."""
+
+    name: ProviderName = Field(description="cpu is onnxruntime's default provider (no options).")
+    options: dict[str, str] = Field(default_factory=dict, description="Provider options, e.g. device_type.")
+
+
 class RuntimeSection(_Strict):
     """Engine settings, in llama.cpp's vocabulary."""
 
@@ -48,6 +56,13 @@ class RuntimeSection(_Strict):
     threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPU limit.")
     gpu_layers: int = Field(0, alias="gpuLayers", ge=-1, description="Layers offloaded; -1 = all.")
     batch_size: int = Field(512, alias="batchSize", ge=1, description="Prompt tokens per decode.")
+    execution_providers: list[ExecutionProvider] = Field(
+        default_factory=list,
+        alias="executionProviders",
+        max_length=8,
+        description="ONNX: providers to try in order; one that fails to load falls back to the next, "
+        "and finally to CPU. Empty: CPU.",
+    )
 
 
 class SamplingDefaults(_Strict):

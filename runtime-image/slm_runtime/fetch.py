@@ -4,6 +4,15 @@ Guarantees: the bytes at `dest` are complete and (when `--sha256` is given) veri
 is nothing at `dest` at all. Downloads stream to `dest.part`, hash while streaming, resume with
 an HTTP Range request after a dropped connection, and are renamed into place atomically.
 A `dest` that already has the right checksum is a cache hit (pod restarts do not re-download).
+
+`hf://org/repo[@rev]/folder` with `folder=True` (how ONNX models are published: a folder per
+variant) is fetched file by file: the hub's tree API lists the files, each is downloaded with the
+same resume logic and checked against the hub's own digest (the LFS sha256, or the git blob id of
+a small file), into a staging folder beside `dest` that survives restarts (finished files are
+kept), and renamed into place once all are there. The optional `sha256` of a folder is the
+*manifest digest*: the sha256 of `sha256sum`'s output over the folder's files sorted by path, i.e.
+`cd FOLDER && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`.
+`HF_ENDPOINT` replaces https://huggingface.co (a mirror, or a test server).
 """
 
 from __future__ import annotations
@@ -64,14 +73,26 @@ def fetch(
     *,
     sha256: str | None = None,
     extract: bool = False,
+    folder: bool = False,
     client: httpx.Client | None = None,
 ) -> FetchResult:
-    """Fetch `uri` to `dest` (a file, or with `extract` a folder unpacked from a tar archive)."""
+    """Fetch `uri` to `dest`: a file, with `extract` a folder unpacked from a tar archive, with
+    `folder` an `hf://` folder fetched file by file (`sha256` is then the manifest digest)."""
     expected = sha256.lower() if sha256 else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme == "tiny":
         return _tiny(uri, dest)
+    if folder:
+        if scheme != "hf":
+            raise FetchError(f"folder fetches need an hf:// URI, got {uri!r}")
+        own = client is None
+        http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0))
+        try:
+            return _fetch_hf_folder(http, uri, dest, expected)
+        finally:
+            if own:
+                http.close()
     cached = _cache_hit(dest, expected, extract)
     if cached:
         log.info("cache hit: %s already has sha256 %s", dest, cached)
@@ -226,6 +247,134 @@ def _extract(archive: Path, dest: Path, digest: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)
     log.info("extracted archive into %s", dest)
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a hub folder listing: its path inside the folder and the hub's digests."""
+
+    path: str
+    size: int
+    sha256: str | None  # LFS files: the hub's sha256 of the content
+    git_oid: str  # every file: the git blob id (sha1 of "blob <size>\\0" + content)
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str, str, str]:
+    """`hf://org/repo[@revision]/path` -> (org, repo, revision, path)."""
+    parts = uri.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts[:2]) or not "/".join(parts[2:]).strip("/"):
+        raise FetchError(f"hf:// URI must be hf://org/repo[@revision]/path, got {uri!r}")
+    repo, _, revision = parts[1].partition("@")
+    return parts[0], repo, revision or "main", "/".join(parts[2:]).strip("/")
+
+
+def hub_files(listing: list[dict[str, object]], folder: str) -> list[HubFile]:
+    """Pure: the files of a tree-API listing under `folder`, with paths relative to it (validated)."""
+    prefix = folder.rstrip("/") + "/"
+    files = []
+    for entry in listing:
+        if entry.get("type") != "file":
+            continue
+        path = str(entry.get("path", ""))
+        if not path.startswith(prefix):
+            raise FetchError(f"hub listing of {folder} has a file outside it: {path!r}")
+        rel = path[len(prefix) :]
+        pure = Path(rel)
+        if not rel or pure.is_absolute() or ".." in pure.parts:
+            raise FetchError(f"refusing file path {path!r} from the hub listing")
+        if pure.name == _MARKER:
+            continue  # ours: written after the fetch
+        lfs = entry.get("lfs")
+        sha = str(lfs.get("oid")).lower() if isinstance(lfs, dict) and lfs.get("oid") else None
+        size = entry.get("size", 0)
+        files.append(HubFile(rel, int(size) if isinstance(size, int) else 0, sha, str(entry.get("oid", ""))))
+    return sorted(files, key=lambda f: f.path)
+
+
+def manifest_digest(sha256_by_path: dict[str, str]) -> str:
+    """sha256 of `sha256sum`'s output lines ("<hex>  <path>\\n") sorted by path."""
+    text = "".join(f"{sha256_by_path[p]}  {p}\n" for p in sorted(sha256_by_path))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hub_listing(
+    client: httpx.Client, org: str, repo: str, *, revision: str, folder: str, headers: dict[str, str]
+) -> list[dict[str, object]]:
+    quote = urllib.parse.quote
+    tree = f"tree/{quote(revision, safe='')}/{quote(folder)}?recursive=true"
+    url: str | None = f"{hf_endpoint()}/api/models/{org}/{repo}/{tree}"
+    entries: list[dict[str, object]] = []
+    while url:
+        try:
+            response = client.get(url, headers=headers)
+        except httpx.TransportError as exc:
+            raise FetchError(f"listing {org}/{repo}/{folder} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise FetchError(f"listing {org}/{repo}@{revision}/{folder}: HTTP {response.status_code}")
+        page = response.json()
+        if not isinstance(page, list):
+            raise FetchError(f"unexpected tree API answer for {org}/{repo}/{folder}")
+        entries += [e for e in page if isinstance(e, dict)]
+        url = response.links.get("next", {}).get("url")  # the hub paginates long listings
+    return entries
+
+
+def _fetch_hf_folder(client: httpx.Client, uri: str, dest: Path, expected: str | None) -> FetchResult:
+    marker = dest / _MARKER
+    if marker.is_file():
+        recorded = str(json.loads(marker.read_text()).get("manifest_sha256", ""))
+        if recorded and (expected is None or recorded == expected):
+            log.info("cache hit: %s already has manifest digest %s", dest, recorded)
+            return FetchResult(dest, recorded, True)
+    org, repo, revision, folder = parse_hf_uri(uri)
+    headers = {"Authorization": f"Bearer {t}"} if (t := os.environ.get("HF_TOKEN")) else {}
+    files = hub_files(
+        _hub_listing(client, org, repo, revision=revision, folder=folder, headers=headers), folder
+    )
+    if not files:
+        raise FetchError(f"no files under {uri}")
+    staging = dest.with_name(f".{dest.name}.partial")  # kept across restarts: finished files stay
+    digests: dict[str, str] = {}
+    for f in files:
+        target = staging / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_file() and _hub_match(target, f):
+            digests[f.path] = sha256_of(target)
+            continue
+        quoted = urllib.parse.quote(f"{folder}/{f.path}")
+        url = f"{hf_endpoint()}/{org}/{repo}/resolve/{urllib.parse.quote(revision, safe='')}/{quoted}"
+        digests[f.path] = _download(client, url, target, f.sha256, headers)
+        if f.sha256 is None and git_blob_id(target) != f.git_oid:
+            target.unlink()
+            raise ChecksumError(f"{f.path}: git blob id mismatch: expected {f.git_oid}, got another")
+    manifest = manifest_digest(digests)
+    if expected is not None and manifest != expected:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ChecksumError(f"manifest digest mismatch for {uri}: expected {expected}, got {manifest}")
+    (staging / _MARKER).write_text(json.dumps({"manifest_sha256": manifest, "uri": uri}))
+    if dest.exists():
+        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+    staging.rename(dest)
+    log.info("fetched %d files of %s into %s (manifest %s)", len(files), uri, dest, manifest)
+    return FetchResult(dest, manifest, False)
+
+
+def _hub_match(path: Path, f: HubFile) -> bool:
+    if f.sha256 is not None:
+        return path.stat().st_size == f.size and sha256_of(path) == f.sha256
+    return git_blob_id(path) == f.git_oid
 
 
 def _tiny(uri: str, dest: Path) -> FetchResult:

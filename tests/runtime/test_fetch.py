@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ssl
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -185,3 +186,205 @@ def test_tiny_scheme(tmp_path: Path) -> None:
     assert (tmp_path / "onnx" / "genai_config.json").is_file()
     assert cli_main(["fetch", "--uri", "tiny://nope", "--dest", str(tmp_path / "x")]) == EXIT_FETCH
     assert sha256_of(tmp_path / "t.gguf")
+
+
+# -- hf:// folders ---------------------------------------------------------------------------
+
+FOLDER_FILES = {
+    "genai_config.json": b'{"model": {}}',  # small: the hub gives only its git blob id
+    "model.onnx": PAYLOAD,  # LFS: the hub gives its sha256
+    "sub/tokenizer.json": b'{"version": "1.0"}',
+}
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class Hub:
+    url: str
+    ca: Path
+    files: dict[str, bytes]
+    gets: list[str] = field(default_factory=list)
+    truncate: set[str] = field(default_factory=set)  # paths whose next GET drops half-way
+    corrupt: set[str] = field(default_factory=set)  # paths served with a flipped byte
+
+
+@pytest.fixture
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """An HTTPS server answering like the hub: the tree API (paginated) and `resolve` URLs."""
+    import json
+    import ssl
+    import subprocess
+
+    certs = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(certs / "key.pem"),
+            "-out",
+            str(certs / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    state = Hub("", certs / "cert.pem", {f"onnx/int4/{k}": v for k, v in FOLDER_FILES.items()})
+    state.files["other/readme.md"] = b"not in the folder"
+    tree = "/api/models/org/repo/tree/v1.0/onnx/int4?recursive=true"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            state.gets.append(self.path)
+            if self.path.startswith(tree):
+                entries: list[dict[str, object]] = [
+                    {"type": "directory", "path": "onnx/int4/sub", "oid": "x"}
+                ]
+                for path, data in sorted(state.files.items()):
+                    if not path.startswith("onnx/int4/"):
+                        continue
+                    entry: dict[str, object] = {
+                        "type": "file",
+                        "path": path,
+                        "size": len(data),
+                        "oid": _git_oid(data),
+                    }
+                    if len(data) > 1000:
+                        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                    entries.append(entry)
+                page = 1 if self.path.endswith("&cursor=2") else 0
+                body = json.dumps(entries[:2] if page == 0 else entries[2:]).encode()
+                self.send_response(200)
+                if page == 0:
+                    self.send_header("Link", f'<{state.url}{tree}&cursor=2>; rel="next"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            prefix = "/org/repo/resolve/v1.0/"
+            path = self.path.removeprefix(prefix)
+            data = state.files.get(path) if self.path.startswith(prefix) else None
+            if data is None:
+                self.send_error(404)
+                return
+            if path in state.corrupt:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").split("-")[0])
+            self.send_response(206 if start else 200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if path in state.truncate:
+                state.truncate.discard(path)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _manifest() -> str:
+    lines = "".join(f"{hashlib.sha256(FOLDER_FILES[p]).hexdigest()}  {p}\n" for p in sorted(FOLDER_FILES))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+URI = "hf://org/repo@v1.0/onnx/int4"
+
+
+def test_hf_folder_is_fetched_file_by_file_and_checked(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    dest = tmp_path / "model"
+    with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client:
+        result = fetch(URI, dest, sha256=_manifest(), folder=True, client=client)
+        assert result.sha256 == _manifest()
+        assert not result.cache_hit
+        assert {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()} == {
+            *FOLDER_FILES,
+            ".slm-fetch.json",
+        }
+        assert all((dest / p).read_bytes() == data for p, data in FOLDER_FILES.items())
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # staging renamed away
+        assert sum("cursor=2" in g for g in hub.gets) == 1  # the listing's second page was read
+        again = fetch(URI, dest, sha256=_manifest(), folder=True, client=client)
+        assert again.cache_hit
+
+
+def test_hf_folder_resumes_a_dropped_file(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub.truncate.add("onnx/int4/model.onnx")
+    with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client:
+        fetch(URI, tmp_path / "model", folder=True, client=client)
+    assert (tmp_path / "model" / "model.onnx").read_bytes() == PAYLOAD
+    assert sum(g.endswith("/model.onnx") for g in hub.gets) == 2  # the second GET resumed
+
+
+@pytest.mark.parametrize("corrupt", ["onnx/int4/model.onnx", "onnx/int4/genai_config.json"])
+def test_hf_folder_file_that_does_not_match_the_hub_leaves_nothing(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: str
+) -> None:
+    import httpx
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub.corrupt.add(corrupt)
+    with (
+        httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client,
+        pytest.raises(ChecksumError),
+    ):
+        fetch(URI, tmp_path / "model", folder=True, client=client)
+    assert not (tmp_path / "model").exists()
+    # A later attempt (the pod restarting) keeps the good files and fetches only what is missing.
+    hub.corrupt.clear()
+    hub.gets.clear()
+    with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca)) as client:
+        fetch(URI, tmp_path / "model", folder=True, client=client)
+    fetched_again = {g.rsplit("/", 1)[-1] for g in hub.gets if "/resolve/" in g}
+    assert fetched_again == (
+        {"model.onnx", "tokenizer.json"}
+        if corrupt.endswith("model.onnx")
+        else {"genai_config.json", "model.onnx", "tokenizer.json"}
+    )
+    assert (tmp_path / "model" / "model.onnx").read_bytes() == PAYLOAD
+
+
+def test_hf_folder_wrong_manifest_is_a_checksum_error(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(hub.ca))  # the CLI builds its own client
+    argv = ["fetch", "--uri", URI, "--folder", "--dest", str(tmp_path / "m"), "--sha256", "0" * 64]
+    assert cli_main(argv) == EXIT_CHECKSUM
+    assert not (tmp_path / "m").exists()
+    assert cli_main([*argv[:-1], _manifest()]) == EXIT_OK
+    assert (tmp_path / "m" / "sub" / "tokenizer.json").is_file()

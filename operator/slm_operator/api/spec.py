@@ -22,6 +22,7 @@ from slm_operator.api.common import (
     cel,
     model_config,
 )
+from slm_runtime.config import ProviderName  # the runtime config's list: one definition for both
 
 HardwareClass = Literal["npu", "gpu", "cpu"]
 ModelFormat = Literal["gguf", "onnx"]
@@ -82,7 +83,8 @@ class ModelVariant(ApiModel):
     sha256: str | None = Field(
         None,
         pattern=SHA256_PATTERN,
-        description="Expected SHA-256 of the file (64 hex digits); checked after download.",
+        description="Expected SHA-256 of the file (64 hex digits); checked after download. For an "
+        "ONNX hf:// folder: the manifest digest, sha256 of `sha256sum` over its files sorted by path.",
     )
     size_bytes: int | None = Field(
         None,
@@ -193,6 +195,15 @@ class ModelSpec(ApiModel):
         ]
 
 
+class ExecutionProviderSpec(ApiModel):
+    """The onnxruntime-genai execution provider for ONNX models on this class, replacing the default."""
+
+    name: ProviderName = Field(description="cpu, cuda, openvino, qnn, vitisai, dml or webgpu.")
+    options: StringMap | None = Field(
+        None, description="Provider options, e.g. {device_type: NPU} for openvino."
+    )
+
+
 class AcceleratorSpec(ApiModel):
     """Which extended resource to request for an accelerator class, and how many."""
 
@@ -203,6 +214,11 @@ class AcceleratorSpec(ApiModel):
         description="Extended resource, e.g. nvidia.com/gpu or npu.intel.com/accel; default: detected.",
     )
     count: int = Field(1, ge=1, le=16, description="Devices per pod.")
+    execution_provider: ExecutionProviderSpec | None = Field(
+        None,
+        description="ONNX: the execution provider to use here (default: by vendor, see the hardware table); "
+        "the runtime falls back to CPU if it cannot load.",
+    )
 
 
 class HardwareSpec(ApiModel):

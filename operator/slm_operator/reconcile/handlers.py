@@ -47,6 +47,7 @@ from slm_operator.reconcile.status import (
     fetch_failure_events,
     now_rfc3339,
     observed_status,
+    provider_fallback,
 )
 from slm_operator.render.metadata import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
@@ -193,7 +194,7 @@ def on_pod_event(body: Any, memo: Any, **_: Any) -> None:
     namespace, name = meta.get("namespace"), (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
     if not namespace or not name:
         return
-    if fetch_failure([pod]) is None:
+    if fetch_failure([pod]) is None and provider_fallback([pod]) is None:
         owner = ctx.cluster.get_slmdeployment(namespace, name)
         ready = next(
             (

@@ -3,6 +3,7 @@ readiness from the owned Deployment, and the failure status for each error famil
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,8 @@ Event = tuple[str, str, str]
 
 FETCH_CONTAINER = "fetch-model"
 FETCH_FAILED = "ModelFetchFailed"
+PROVIDER_CONTAINER = "select-provider"
+PROVIDER_FALLBACK = "ProviderFallback"
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -68,6 +71,30 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
             detail = lines[-1][:512] if lines else str(term.get("reason") or "failed")
             name = (pod.get("metadata") or {}).get("name")
             return f"model fetch failed in pod {name} (exit code {term.get('exitCode')}): {detail}"
+    return None
+
+
+def provider_fallback(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a pod runs its ONNX model on a provider other than the one placement chose, or None.
+
+    The `select-provider` init container writes a JSON report to its termination message
+    (`slm-runtime select-provider`); `fallback: true` means the requested execution provider
+    failed to load and the model runs on the next one (at least CPU).
+    """
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        for st in (pod.get("status") or {}).get("initContainerStatuses") or ():
+            if st.get("name") != PROVIDER_CONTAINER:
+                continue
+            term = (st.get("state") or {}).get("terminated") or {}
+            if int(term.get("exitCode") or 0) != 0:
+                continue
+            try:
+                report = json.loads(str(term.get("message") or ""))
+            except ValueError:
+                continue
+            if isinstance(report, dict) and report.get("fallback") is True:
+                name = (pod.get("metadata") or {}).get("name")
+                return f"pod {name}: {str(report.get('summary') or 'execution provider fell back')[:900]}"
     return None
 
 
@@ -148,7 +175,12 @@ def deployment_conditions(
         conds.append(condition("Progressing", True, "RollingOut", counts, generation))
     else:
         conds.append(condition("Progressing", False, "RolloutComplete", counts, generation))
-    return _with_fetch_failure(conds, fetch_failure(pods), generation), desired, ready
+    conds = _with_fetch_failure(conds, fetch_failure(pods), generation)
+    fallback = provider_fallback(pods)
+    if fallback is not None and not any(c["type"] == "Degraded" for c in conds):
+        # The model serves (Ready may be True), but not on the accelerator it was placed on.
+        conds.append(condition("Degraded", True, PROVIDER_FALLBACK, fallback, generation))
+    return conds, desired, ready
 
 
 def reconciled_status(
@@ -219,6 +251,7 @@ def observed_status(
     recovering = degraded_before is not None and degraded_before.get("reason") in (
         "ProgressDeadlineExceeded",
         FETCH_FAILED,
+        PROVIDER_FALLBACK,
     )
     if recovering and not any(c["type"] == "Degraded" for c in conds):
         conds.append(condition("Degraded", False, "Recovered", "rollout progressing again", generation))

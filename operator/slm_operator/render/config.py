@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from slm_operator.hardware import ProviderChoice, execution_providers
 from slm_operator.render.context import AUTH_DIR, RUNTIME_PORT, RenderContext
 from slm_operator.render.metadata import object_meta
 from slm_runtime.config import (
     AuthSection,
+    ExecutionProvider,
     ModelSection,
     PromptSection,
     RuntimeConfig,
@@ -20,6 +22,22 @@ from slm_runtime.config import (
     SamplingDefaults,
     ServerSection,
 )
+
+
+def provider_chain(ctx: RenderContext) -> list[ExecutionProvider]:
+    """ONNX only: the execution providers for the placed accelerator (hardware table, or the spec's
+    `hardware.{gpu,npu}.executionProvider`), then CPU. GGUF and CPU placements get none (= CPU)."""
+    placement = ctx.placement
+    if placement.variant.format != "onnx" or placement.hardware == "cpu":
+        return []
+    accel = ctx.spec.hardware.gpu if placement.hardware == "gpu" else ctx.spec.hardware.npu
+    override = None
+    if accel is not None and accel.execution_provider is not None:
+        override = ProviderChoice(accel.execution_provider.name, dict(accel.execution_provider.options or {}))
+    chain = execution_providers(placement.hardware, placement.resource_name, override)
+    if len(chain) == 1:
+        return []
+    return [ExecutionProvider.model_validate({"name": p.name, "options": dict(p.options)}) for p in chain]
 
 
 def runtime_config(ctx: RenderContext) -> RuntimeConfig:
@@ -44,6 +62,7 @@ def runtime_config(ctx: RenderContext) -> RuntimeConfig:
             threads=placement.threads,
             gpuLayers=placement.gpu_layers,
             batchSize=spec.runtime.batch_size,
+            executionProviders=provider_chain(ctx),
         ),
         prompt=PromptSection(
             system=prompt.system if prompt else None,

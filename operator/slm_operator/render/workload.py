@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slm_operator.render.config import config_hash
+from slm_operator.render.config import config_hash, provider_chain
 from slm_operator.render.context import (
     AUTH_DIR,
     CONFIG_DIR,
@@ -59,6 +59,8 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
     args += ["--dest", ctx.model_path]
     if is_archive(variant.uri):
         args.append("--extract")
+    elif variant.format == "onnx" and variant.uri.startswith("hf://"):
+        args.append("--folder")  # an ONNX model on the hub is a folder: fetched file by file
     container: dict[str, Any] = {
         "name": "fetch-model",
         # The last log line ("sha256 mismatch: ...") becomes the termination message, which the
@@ -74,6 +76,28 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
     }
     if ctx.spec.image_pull_policy:
         container["imagePullPolicy"] = ctx.spec.image_pull_policy
+    return container
+
+
+PROVIDER_CONTAINER = "select-provider"
+
+
+def _provider_container(ctx: RenderContext, runtime: dict[str, Any]) -> dict[str, Any]:
+    """ONNX on an accelerator: open the model on the configured execution providers (falling back
+    to CPU) and write which one loaded it to the termination message, where the operator reads a
+    fallback (runtime pods have no API access, so this is their only channel to the status).
+    It holds the same resources as the runtime container; Kubernetes reuses them after it exits."""
+    container = {
+        key: runtime[key]
+        for key in ("image", "command", "env", "resources", "securityContext", "volumeMounts")
+    }
+    container |= {
+        "name": PROVIDER_CONTAINER,
+        "args": ["select-provider", "--config", CONFIG_FILE, "--model", ctx.model_path],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if "imagePullPolicy" in runtime:
+        container["imagePullPolicy"] = runtime["imagePullPolicy"]
     return container
 
 
@@ -153,6 +177,10 @@ def _spread(name: str) -> list[dict[str, Any]]:
 
 def _pod_spec(ctx: RenderContext) -> dict[str, Any]:
     placement = ctx.placement
+    runtime = _runtime_container(ctx)
+    init = [_fetch_container(ctx)]
+    if provider_chain(ctx):
+        init.append(_provider_container(ctx, runtime))
     pod: dict[str, Any] = {
         "serviceAccountName": ctx.name,
         "automountServiceAccountToken": False,
@@ -165,8 +193,8 @@ def _pod_spec(ctx: RenderContext) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 45,
-        "initContainers": [_fetch_container(ctx)],
-        "containers": [_runtime_container(ctx)],
+        "initContainers": init,
+        "containers": [runtime],
         "volumes": _volumes(ctx),
         "topologySpreadConstraints": _spread(ctx.name),
     }

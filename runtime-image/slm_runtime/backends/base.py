@@ -100,6 +100,37 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class ProviderReport:
+    """Which execution provider the model runs on, which one was asked for, and why not that one."""
+
+    provider: str
+    requested: str
+    errors: tuple[str, ...] = ()  # "<provider>: <error>" for every provider that failed to load
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fallback(self) -> bool:
+        return self.provider != self.requested
+
+    def summary(self) -> str:
+        """One line for logs, the termination message and the operator's status."""
+        if not self.fallback:
+            return f"execution provider {self.provider}"
+        return f"execution provider {self.requested} failed, running on {self.provider}: " + "; ".join(
+            self.errors
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "requested": self.requested,
+            "fallback": self.fallback,
+            "errors": list(self.errors),
+            "summary": self.summary(),
+        }
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Facts about the loaded model shown by /api/show, /v1/models and the info metric."""
 
@@ -114,6 +145,7 @@ class ModelInfo:
     chat_template: str | None
     bos_token: str
     eos_token: str
+    provider: ProviderReport | None = None  # ONNX: the execution provider in use
 
 
 class Backend(ABC):

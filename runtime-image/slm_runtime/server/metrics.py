@@ -75,6 +75,12 @@ class Metrics:
             ["model", "format", "quantization", "hardware"],
             registry=r,
         )
+        self._provider = Gauge(
+            "slm_execution_provider",
+            "The execution provider the model runs on (value 1); fallback=true when not the requested one.",
+            ["model_name", "provider", "requested", "fallback"],
+            registry=r,
+        )
         self._rejected = Counter(
             "slm_requests_rejected_total",
             "Requests refused by admission control or drain.",
@@ -89,6 +95,9 @@ class Metrics:
     def model_loaded(self, info: ModelInfo, hardware: str, seconds: float) -> None:
         self.load_seconds.labels(self.model_name).set(seconds)
         self._info.labels(info.name, info.format, info.quantization, hardware).set(1)
+        if info.provider is not None:
+            p = info.provider
+            self._provider.labels(self.model_name, p.provider, p.requested, str(p.fallback).lower()).set(1)
 
     def kv_cache_per_slot(self, nbytes: int) -> None:
         self._kv_per_slot.labels(self.model_name).set(nbytes)
