@@ -304,7 +304,8 @@ class BatchedGGUFEngine:
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < self._n_vocab]
         if bad:
             raise BadRequestError(f"logit_bias has unknown token ids {bad[:5]}", param="logit_bias")
-        grammar = _grammar_for(request.sampling.response_format)  # a bad schema fails here, not mid-batch
+        # a bad schema fails here, not mid-batch
+        grammar = request.grammar or _grammar_for(request.sampling.response_format)
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         seq = _Sequence(
             request=request,
