@@ -377,10 +377,10 @@ def scan(text: str, fmt: ToolFormat, names: frozenset[str], *, final: bool) -> S
             return Scan("", [], pending=not final)
         if stripped[0] not in "{[":
             return Scan(text, [])
-        calls = _calls_in(stripped, fmt, names, final)
-        if calls is None:
+        whole = _calls_in(stripped, fmt, names, final)
+        if whole is None:
             return Scan(text, []) if final or not _could_still_be_call(stripped) else Scan("", [], True)
-        return Scan("", calls, pending=not final)
+        return Scan("", whole, pending=not final)
     content: list[str] = []
     calls: list[PartialCall] = []
     pos = 0
