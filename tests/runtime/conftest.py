@@ -136,7 +136,7 @@ def smollm2_server(smollm2_gguf: Path) -> Iterator[RunningServer]:
     settings = RuntimeConfig.model_validate(
         {
             "model": {"name": REAL_MODEL, "path": str(smollm2_gguf)},
-            "runtime": {"contextLength": 2048, "parallel": 4, "threads": 2, "batchSize": 256},
+            "runtime": {"contextLength": 1024, "parallel": 4, "threads": 1, "batchSize": 256},
         }
     )
     yield from _serve(settings)

@@ -16,13 +16,13 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm is imported
 
-import langchain_ollama  # noqa: E402
-import langchain_openai  # noqa: E402
-import litellm  # noqa: E402
-import pytest  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
+import langchain_ollama
+import langchain_openai
+import litellm
+import pytest
+from pydantic import BaseModel
 
-from .conftest import REAL_MODEL, RunningServer  # noqa: E402
+from .conftest import REAL_MODEL, RunningServer
 
 QUESTION = "What is the capital of France?"
 WEATHER = {
@@ -102,9 +102,11 @@ def test_langchain_openai_tools(smollm2_server: RunningServer) -> None:
 @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
 def test_langchain_openai_structured_output(smollm2_server: RunningServer, method: str) -> None:
     llm = _chat_openai(smollm2_server, max_tokens=80)
-    prompt = "Name a city and its country." + (" Answer in JSON with keys city and country." if method == "json_mode" else "")
+    prompt = "Name a city and its country." + (
+        " Answer in JSON with keys city and country." if method == "json_mode" else ""
+    )
     if method == "json_mode":
-        out = llm.with_structured_output(None, method=method).invoke(prompt)  # type: ignore[arg-type]
+        out = llm.with_structured_output(None, method=method).invoke(prompt)
         assert isinstance(out, dict)
         return
     place = llm.with_structured_output(Place, method=method).invoke(prompt)

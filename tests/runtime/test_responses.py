@@ -197,7 +197,7 @@ def test_responses_required_function_call(smollm2_server: RunningServer) -> None
     out = c.responses.create(
         model=REAL_MODEL,
         input="What is the weather like in Paris?",
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         tool_choice="required",
         max_output_tokens=60,
     )
@@ -207,7 +207,7 @@ def test_responses_required_function_call(smollm2_server: RunningServer) -> None
     with c.responses.stream(
         model=REAL_MODEL,
         input="What is the weather like in Paris?",
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "name": "get_weather"},
         max_output_tokens=60,
     ) as stream:

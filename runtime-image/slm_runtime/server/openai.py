@@ -2,7 +2,9 @@
 
 Streams Server-Sent Events ending with `data: [DONE]`. `n` must be 1. Log probabilities are
 not implemented: asking for them (`logprobs: true` / `logprobs: N`) is a 400 rather than a
-silently different response.
+silently different response. Chat completions take `tools`/`tool_choice` (`server/tools.py`) and
+answer with `tool_calls`, streamed as OpenAI does: a delta with the call's `index`, `id` and
+`function.name`, then `function.arguments` in pieces.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ async def _run(
                         if tool_stream is not None:
                             for item in tool_stream.finish():
                                 yield chunk([_chat_choice(_tool_delta(item))])
-                            reason = "tool_calls" if tool_stream.calls else reason
+                            reason = "tool_calls" if tool_stream.calls and reason != "length" else reason
                         yield chunk([delta(None, reason, False)])
                         if include_usage:
                             yield chunk([], usage=_usage(event))

@@ -88,7 +88,8 @@ def parse_functions(tools: Sequence[Mapping[str, Any]] | None) -> list[Function]
                 f"{where}.function.name must be 1-64 letters, digits, '_', '.' or '-'",
                 param=f"{where}.function.name",
             )
-        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        params = fn.get("parameters")
+        params = {"type": "object", "properties": {}} if params is None else params
         if not isinstance(params, Mapping):
             raise BadRequestError(
                 f"{where}.function.parameters must be a JSON schema object",
