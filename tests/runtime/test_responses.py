@@ -156,40 +156,58 @@ def test_responses_create(smollm2_server: RunningServer) -> None:
 
 
 def test_responses_message_list_input(smollm2_server: RunningServer) -> None:
-    out = _client(smollm2_server).responses.create(
+    c = _client(smollm2_server)
+    question = "What is the capital of France?"
+    alone = c.responses.create(model=REAL_MODEL, input=question, max_output_tokens=1)
+    out = c.responses.create(
         model=REAL_MODEL,
         input=[
-            {"role": "user", "content": "My name is Ada."},
-            {"role": "assistant", "content": "Nice to meet you, Ada."},
-            {"role": "user", "content": [{"type": "input_text", "text": "What is my name?"}]},
+            {"role": "developer", "content": "You are a geography teacher."},
+            {"role": "user", "content": "Hello!"},
+            {"role": "assistant", "content": "Hello! How can I help you?"},
+            {"role": "user", "content": [{"type": "input_text", "text": question}]},
         ],
-        max_output_tokens=20,
+        max_output_tokens=30,
         temperature=0,
     )
-    assert "Ada" in out.output_text
+    assert "Paris" in out.output_text
+    assert out.usage is not None and alone.usage is not None
+    assert out.usage.input_tokens > alone.usage.input_tokens + 10  # the earlier turns are in the prompt
+    assert alone.status == "incomplete" and alone.incomplete_details is not None
 
 
 def test_responses_stream(smollm2_server: RunningServer) -> None:
     deltas: list[str] = []
-    kinds: list[str] = []
+    events: list[Any] = []
     with _client(smollm2_server).responses.stream(
-        model=REAL_MODEL, input="What is the capital of France?", max_output_tokens=30, temperature=0
+        model=REAL_MODEL,
+        instructions="You are a geography teacher.",
+        input="What is the capital of France?",
+        max_output_tokens=30,
+        temperature=0,
     ) as stream:
         for event in stream:
-            kinds.append(event.type)
+            events.append(event)
             if event.type == "response.output_text.delta":
                 deltas.append(event.delta)
-        final = stream.get_final_response()
+    kinds = [e.type for e in events]
     assert kinds[:4] == [
         "response.created",
         "response.in_progress",
         "response.output_item.added",
         "response.content_part.added",
     ]
-    assert kinds[-1] == "response.completed"
-    assert "response.output_text.done" in kinds
+    assert kinds[-4:-1] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    # a greedy SmolLM2 goes on past 30 tokens: OpenAI ends that with response.incomplete
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    final = events[-1].response
     assert "".join(deltas) == final.output_text
     assert "Paris" in final.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
 def test_responses_required_function_call(smollm2_server: RunningServer) -> None:
