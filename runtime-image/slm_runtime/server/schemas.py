@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from slm_runtime.errors import BadRequestError
 
@@ -85,7 +85,10 @@ class _OpenAISampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(
+        None, gt=0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
+    )  # vLLM's name; llama.cpp's server calls it repeat_penalty
+    min_p: float | None = Field(None, ge=0, le=0)  # llama.cpp's; only the no-op 0 until min-p sampling lands
     logit_bias: dict[str, float] | None = None
     response_format: OpenAIResponseFormat | None = None
     user: Ignored = None
