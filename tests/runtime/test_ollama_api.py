@@ -101,6 +101,7 @@ def test_tags_show_ps_version_root(gguf_server: RunningServer) -> None:
     shown = c.show(MODEL)
     assert shown.template and "im_start" in shown.template
     assert shown.details and shown.details.format == "gguf"
+    assert shown.capabilities and "tools" in shown.capabilities
     assert [m.model for m in c.ps().models] == [MODEL]
     assert httpx.get(f"{gguf_server.url}/api/version").json()["version"]
     assert httpx.get(gguf_server.url).text == "Ollama is running"

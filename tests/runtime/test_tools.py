@@ -514,3 +514,14 @@ def test_ollama_client_tools_and_tool_results(smollm2_server: RunningServer) -> 
         model=REAL_MODEL, messages=history, tools=[WEATHER], options={"num_predict": 12, "temperature": 0}
     )
     assert answer.message.content
+
+
+def test_onnx_cannot_force_a_call_but_accepts_tools(onnx_server: RunningServer) -> None:
+    url = f"{onnx_server.url}/v1/chat/completions"
+    body = {"model": "tiny", "messages": ASK, "tools": [WEATHER], "max_tokens": 3}
+    forced = httpx.post(url, json={**body, "tool_choice": "required"}, timeout=60)
+    assert forced.status_code == 400
+    assert forced.json()["error"]["param"] == "tool_choice"
+    auto = httpx.post(url, json=body, timeout=60)
+    assert auto.status_code == 200
+    assert auto.json()["choices"][0]["message"]["role"] == "assistant"

@@ -322,7 +322,7 @@ def routes(service: Service) -> list[BaseRoute]:
                     "general.parameter_count": info.parameters,
                     f"{info.family}.context_length": info.context_length,
                 },
-                "capabilities": ["completion"]
+                "capabilities": ["completion", "tools"]
                 + (["embedding"] if service.engine.capabilities.embeddings else []),
                 "modified_at": _entry(info)["modified_at"],
             }
