@@ -525,3 +525,17 @@ def test_onnx_cannot_force_a_call_but_accepts_tools(onnx_server: RunningServer) 
     auto = httpx.post(url, json=body, timeout=60)
     assert auto.status_code == 200
     assert auto.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_schema_grammar_keeps_control_characters_out_of_strings() -> None:
+    """llama-cpp-python's converter allows raw newlines in strings (invalid JSON); ours does not."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from slm_runtime.backends.grammar import json_schema_gbnf
+
+    grammar = json_schema_gbnf({"type": "object", "properties": {"a": {"type": "string"}}})
+    (char,) = [line for line in grammar.splitlines() if line.startswith("char ::=")]
+    assert char.startswith('char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+    LlamaGrammar.from_string(grammar, verbose=False)
+    tool_grammar = call_grammar(GENERIC, FUNCTIONS, ToolChoice("required"))
+    assert tool_grammar is not None and char in tool_grammar.splitlines()

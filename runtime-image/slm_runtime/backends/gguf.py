@@ -13,7 +13,6 @@ Every method runs on the engine's decode thread only (see `slm_runtime.engine`).
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ from slm_runtime.backends.base import (
     SamplingParams,
     TokenEvent,
 )
+from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
 from slm_runtime.errors import BadRequestError, EngineError
 
@@ -257,7 +257,7 @@ class GgufBackend(Backend):
                 if gbnf:
                     grammar = LlamaGrammar.from_string(gbnf, verbose=False)
                 elif fmt.kind == "json_schema" and fmt.schema:
-                    grammar = LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+                    grammar = LlamaGrammar.from_string(json_schema_gbnf(fmt.schema), verbose=False)
                 else:
                     grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
             except Exception as exc:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import queue
@@ -59,6 +58,7 @@ from slm_runtime.backends.base import (
     SamplingParams,
     TokenEvent,
 )
+from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
 from slm_runtime.engine import FinishObserver
 from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError
@@ -846,12 +846,12 @@ def _grammar_for(fmt: ResponseFormat) -> str | None:
     """GBNF for a response_format, via llama-cpp-python's JSON-schema converter."""
     if fmt.kind == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if fmt.kind == "json_object" or fmt.schema is None:
         return str(JSON_GBNF)
     try:
-        return str(json_schema_to_gbnf(json.dumps(dict(fmt.schema))))
+        return json_schema_gbnf(fmt.schema)
     except Exception as exc:
         raise BadRequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 

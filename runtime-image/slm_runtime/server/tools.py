@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.errors import BadRequestError
 
 # -- declarations -------------------------------------------------------------------------------
@@ -222,10 +223,8 @@ def call_grammar(fmt: ToolFormat, functions: Sequence[Function], choice: ToolCho
         functions = [f for f in functions if f.name == choice.name]
     elif choice.mode != "required":
         return None
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     try:
-        body = str(json_schema_to_gbnf(json.dumps(call_schema(fmt, functions)), ["name", fmt.args_key]))
+        body = json_schema_gbnf(call_schema(fmt, functions), ["name", fmt.args_key])
     except Exception as exc:
         raise BadRequestError(f"unsupported function parameters schema: {exc}", param="tools") from exc
     lines = body.splitlines()
