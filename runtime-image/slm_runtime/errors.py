@@ -42,6 +42,14 @@ class UnauthorizedError(SlmError):
     openai_type = "authentication_error"
 
 
+class ModelsDeclaredError(SlmError):
+    """A model-management call (create, copy, delete, push, pull of another model): the pod
+    serves the model its SLMDeployment declares, and nothing else."""
+
+    status = 403
+    openai_type = "invalid_request_error"
+
+
 class ModelNotFoundError(SlmError):
     """The request names a model this pod does not serve."""
 

@@ -125,3 +125,18 @@ def serve(models: dict[str, Path]) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for gen in running:
         next(gen, None)
+
+
+REAL_MODEL = "smollm2"
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_gguf: Path) -> Iterator[RunningServer]:
+    """The real SmolLM2-135M-Instruct on the batching engine at parallel 4, as pods run it."""
+    settings = RuntimeConfig.model_validate(
+        {
+            "model": {"name": REAL_MODEL, "path": str(smollm2_gguf)},
+            "runtime": {"contextLength": 1024, "parallel": 4, "threads": 1, "batchSize": 256},
+        }
+    )
+    yield from _serve(settings)

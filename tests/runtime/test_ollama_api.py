@@ -101,6 +101,7 @@ def test_tags_show_ps_version_root(gguf_server: RunningServer) -> None:
     shown = c.show(MODEL)
     assert shown.template and "im_start" in shown.template
     assert shown.details and shown.details.format == "gguf"
+    assert shown.capabilities and "tools" in shown.capabilities
     assert [m.model for m in c.ps().models] == [MODEL]
     assert httpx.get(f"{gguf_server.url}/api/version").json()["version"]
     assert httpx.get(gguf_server.url).text == "Ollama is running"
@@ -151,3 +152,78 @@ def test_onnx_generate_and_chat(onnx_server: RunningServer) -> None:
         c.embed(model=MODEL, input="x")
     assert err.value.status_code == 400
     assert c.show(MODEL).details.format == "onnx"  # type: ignore[union-attr]
+
+
+def test_unknown_fields_are_400_naming_them(gguf_server: RunningServer) -> None:
+    for path, body, name in [
+        ("/api/generate", {"prompt": "x", "temprature": 1}, "temprature"),
+        ("/api/chat", {"messages": [{"role": "user", "content": "x", "colour": 1}]}, "messages.0.colour"),
+        ("/api/generate", {"prompt": "x", "images": ["aGk="]}, "images"),
+        (
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
+            "messages.0.images",
+        ),
+        ("/api/generate", {"prompt": "x", "think": True}, "think"),
+        ("/api/generate", {"prompt": "x", "context": [1, 2]}, "context"),
+    ]:
+        r = httpx.post(f"{gguf_server.url}{path}", json={"model": MODEL, "stream": False, **body}, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        assert f"'{name}'" in r.json()["error"]
+    with pytest.raises(ollama.ResponseError, match="vision"):
+        client(gguf_server).generate(model=MODEL, prompt="what is this?", images=[b"\x89PNG"])
+
+
+def test_keep_alive_and_empty_images_accepted(gguf_server: RunningServer) -> None:
+    out = client(gguf_server).chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi", "images": []}],
+        keep_alive="5m",
+        options={"num_predict": 2},
+    )
+    assert out.eval_count == 2
+    assert (
+        client(gguf_server)
+        .generate(model=MODEL, prompt="hi", keep_alive=0, think=False, options={"num_predict": 1})
+        .done
+    )
+
+
+def test_pull_served_model(gguf_server: RunningServer) -> None:
+    c = client(gguf_server)
+    assert c.pull(MODEL).status == "success"
+    statuses = [p.status for p in c.pull(f"{MODEL}:latest", stream=True)]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-1] == "success"
+    with pytest.raises(ollama.ResponseError) as err:
+        c.pull("llama3.2")
+    assert err.value.status_code == 403
+    assert "SLMDeployment" in str(err.value.error)
+
+
+def test_model_management_is_declared_by_the_slmdeployment(gguf_server: RunningServer) -> None:
+    c = client(gguf_server)
+    with pytest.raises(ollama.ResponseError) as err:
+        c.create(model="mine", from_=MODEL, system="You are a pirate.")
+    assert err.value.status_code == 403 and "SLMDeployment" in str(err.value.error)
+    for call in (lambda: c.copy(MODEL, "other"), lambda: c.delete(MODEL), lambda: c.push(MODEL)):
+        with pytest.raises(ollama.ResponseError) as err:
+            call()
+        assert err.value.status_code == 403
+    r = httpx.post(f"{gguf_server.url}/api/blobs/sha256:abc", content=b"x")
+    assert r.status_code == 403 and "SLMDeployment" in r.json()["error"]
+
+
+def test_health_endpoints(gguf_server: RunningServer) -> None:
+    assert httpx.get(f"{gguf_server.url}/api/health").status_code == 200
+    assert httpx.head(f"{gguf_server.url}/api/health").status_code == 200
+    assert httpx.head(gguf_server.url).status_code == 200
+
+
+def test_ps_reports_weights_plus_kv_cache(smollm2_server: RunningServer) -> None:
+    (entry,) = client(smollm2_server).ps().models
+    info = smollm2_server.service.info
+    kv = smollm2_server.service.engine.kv_bytes_per_slot
+    assert kv > 0
+    assert entry.size == info.size_bytes + 4 * kv  # parallel 4
+    assert entry.size_vram == 0  # CPU

@@ -142,3 +142,54 @@ def test_onnx_chat_and_unsupported(onnx_server: RunningServer) -> None:
         model=MODEL, messages=MESSAGES, max_tokens=8, response_format={"type": "json_object"}
     )
     assert (constrained.choices[0].message.content or "").lstrip().startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES, "temprature": 0.2}, "temprature"),
+        ("/v1/chat/completions", {"messages": MESSAGES, "functions": []}, "functions"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x", "colour": 1}]},
+            "messages.0.colour",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": MESSAGES, "stream_options": {"include_usage": True, "x": 1}},
+            "stream_options.x",
+        ),
+        ("/v1/chat/completions", {"messages": MESSAGES, "modalities": ["text", "audio"]}, "modalities.1"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "content.0.type",
+        ),
+        ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix"),
+        ("/v1/embeddings", {"input": "x", "truncate": True}, "truncate"),
+    ],
+)
+def test_unknown_fields_are_400_naming_them(
+    gguf_server: RunningServer, path: str, body: dict[str, object], param: str
+) -> None:
+    r = httpx.post(f"{gguf_server.url}{path}", json={"model": MODEL, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param
+    assert param.rsplit(".", maxsplit=1)[-1] in err["message"]
+
+
+def test_accepted_and_ignored_fields(gguf_server: RunningServer) -> None:
+    out = client(gguf_server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        max_tokens=2,
+        user="u-1",
+        metadata={"team": "a"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=True,
+        stream_options=None,
+        seed=3,
+    )
+    assert out.usage is not None and out.usage.completion_tokens == 2

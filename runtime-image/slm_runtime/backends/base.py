@@ -52,6 +52,8 @@ class GenerationRequest:
 
     prompt: str
     sampling: SamplingParams
+    grammar: str | None = None
+    """Raw GBNF constraining the output (tool calls); overrides `sampling.response_format`."""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 

@@ -13,7 +13,6 @@ Every method runs on the engine's decode thread only (see `slm_runtime.engine`).
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ from slm_runtime.backends.base import (
     SamplingParams,
     TokenEvent,
 )
+from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
 from slm_runtime.errors import BadRequestError, EngineError
 
@@ -159,7 +159,7 @@ class GgufBackend(Backend):
                 f"prompt is {len(tokens)} tokens but the context holds {n_ctx}", param="prompt"
             )
         budget = min(params.max_tokens, n_ctx - len(tokens))
-        sampler = self.make_sampler(params)
+        sampler = self.make_sampler(params, request.grammar)
         try:
             if not self._prefill(tokens, request):
                 emit(FinishEvent("abort", len(tokens), 0, time.perf_counter_ns() - started, 0))
@@ -235,7 +235,7 @@ class GgufBackend(Backend):
             emit(TokenEvent(tail))
         return reason, generated
 
-    def make_sampler(self, params: SamplingParams) -> Any:
+    def make_sampler(self, params: SamplingParams, gbnf: str | None = None) -> Any:
         """A llama.cpp sampler chain for one sequence (a batching engine keeps one per slot)."""
         from llama_cpp import _internals as internals
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
@@ -252,10 +252,12 @@ class GgufBackend(Backend):
         if params.repeat_penalty != 1.0:
             sampler.add_penalties(n_vocab, 64, params.repeat_penalty, 0.0, 0.0)
         fmt = params.response_format
-        if fmt.kind != "text":
+        if fmt.kind != "text" or gbnf:
             try:
-                if fmt.kind == "json_schema" and fmt.schema:
-                    grammar = LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+                if gbnf:
+                    grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+                elif fmt.kind == "json_schema" and fmt.schema:
+                    grammar = LlamaGrammar.from_string(json_schema_gbnf(fmt.schema), verbose=False)
                 else:
                     grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
             except Exception as exc:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import queue
@@ -59,6 +58,7 @@ from slm_runtime.backends.base import (
     SamplingParams,
     TokenEvent,
 )
+from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
 from slm_runtime.engine import FinishObserver
 from slm_runtime.errors import BadRequestError, EngineError, NotReadyError, SlmError
@@ -304,7 +304,8 @@ class BatchedGGUFEngine:
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < self._n_vocab]
         if bad:
             raise BadRequestError(f"logit_bias has unknown token ids {bad[:5]}", param="logit_bias")
-        grammar = _grammar_for(request.sampling.response_format)  # a bad schema fails here, not mid-batch
+        # a bad schema fails here, not mid-batch
+        grammar = request.grammar or _grammar_for(request.sampling.response_format)
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         seq = _Sequence(
             request=request,
@@ -845,12 +846,12 @@ def _grammar_for(fmt: ResponseFormat) -> str | None:
     """GBNF for a response_format, via llama-cpp-python's JSON-schema converter."""
     if fmt.kind == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if fmt.kind == "json_object" or fmt.schema is None:
         return str(JSON_GBNF)
     try:
-        return str(json_schema_to_gbnf(json.dumps(dict(fmt.schema))))
+        return json_schema_gbnf(fmt.schema)
     except Exception as exc:
         raise BadRequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 

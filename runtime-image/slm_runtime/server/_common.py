@@ -32,7 +32,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BadRequestError(f"invalid field '{where}': {first['msg']}", param=where or None) from exc
+        if first["type"] == "extra_forbidden":
+            message = f"unknown field '{where}': this server does not support it"
+        else:
+            message = f"invalid field '{where}': {first['msg'].removeprefix('Value error, ')}"
+        raise BadRequestError(message, param=where or None) from exc
 
 
 async def prepend(

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from slm_runtime.config import RuntimeConfig
 from slm_runtime.engine import Engine
 from slm_runtime.errors import SlmError
-from slm_runtime.server import ollama, openai
+from slm_runtime.server import ollama, openai, responses
 from slm_runtime.server.auth import ApiKeyMiddleware, load_keys
 from slm_runtime.server.errors import handle_exception
 from slm_runtime.server.service import Service
@@ -65,6 +65,7 @@ def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             *ollama.routes(service),
             *openai.routes(service),
+            *responses.routes(service),
         ],
         middleware=[Middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.auth.protect_metrics)],
         exception_handlers={

@@ -21,7 +21,7 @@ from slm_runtime.server.errors import error_response, flavour_of
 
 log = logging.getLogger(__name__)
 
-_ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/"})
+_ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/", "/api/health"})
 
 
 def load_keys(auth: AuthSection) -> tuple[bytes, ...]:

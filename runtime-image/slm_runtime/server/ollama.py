@@ -6,6 +6,7 @@ Streams NDJSON by default (`stream` defaults to true, as in Ollama). Durations a
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -24,7 +25,7 @@ from slm_runtime.backends.base import (
     ModelInfo,
     ResponseFormat,
 )
-from slm_runtime.errors import SlmError
+from slm_runtime.errors import BadRequestError, ModelsDeclaredError, SlmError
 from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
 from slm_runtime.server.errors import error_body
 from slm_runtime.server.schemas import (
@@ -33,10 +34,21 @@ from slm_runtime.server.schemas import (
     OllamaEmbedRequest,
     OllamaGenerateRequest,
     OllamaOptions,
+    OllamaPullRequest,
     OllamaShowRequest,
     _OllamaGenerating,
 )
 from slm_runtime.server.service import Service, first_and_rest
+from slm_runtime.server.tools import (
+    ContentDelta,
+    Function,
+    ToolCall,
+    ToolStream,
+    arguments_dict,
+    parse_calls,
+    parse_functions,
+    parse_tool_choice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +67,9 @@ def _response_format(fmt: str | dict[str, Any] | None) -> ResponseFormat:
     return ResponseFormat()
 
 
-def _request(service: Service, body: _OllamaGenerating, prompt: str) -> GenerationRequest:
+def _request(
+    service: Service, body: _OllamaGenerating, prompt: str, grammar: str | None = None
+) -> GenerationRequest:
     opts = body.options or OllamaOptions.model_validate({})
     ignored = sorted(k for k, v in opts.model_dump(exclude_none=True).items() if k not in _KNOWN_OPTIONS)
     if ignored:
@@ -63,6 +77,7 @@ def _request(service: Service, body: _OllamaGenerating, prompt: str) -> Generati
     stop = [opts.stop] if isinstance(opts.stop, str) else opts.stop
     return GenerationRequest(
         prompt=prompt,
+        grammar=grammar,
         sampling=service.sampling(
             max_tokens=None
             if opts.num_predict is None
@@ -91,28 +106,81 @@ def _final(model: str, finish: FinishEvent, load_ns: int, total_ns: int) -> dict
     }
 
 
+def chat_messages(body: OllamaChatRequest) -> list[dict[str, Any]]:
+    """The conversation in the service's canonical shape (tool calls and results included)."""
+    out: list[dict[str, Any]] = []
+    last_calls: list[str] = []
+    for i, m in enumerate(body.messages):
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        calls = []
+        for j, raw in enumerate(m.tool_calls or []):
+            where = f"messages.{i}.tool_calls.{j}"
+            fn = raw.get("function")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise BadRequestError(f"{where}.function.name is required", param=f"{where}.function.name")
+            args = arguments_dict(fn.get("arguments"), f"{where}.function.arguments")
+            calls.append({"id": str(raw.get("id") or ""), "name": fn["name"], "arguments": args})
+        if calls:
+            message["tool_calls"] = calls
+            last_calls = [c["name"] for c in calls]
+        if m.role == "tool":  # Ollama names the function (`tool_name`), or leaves it to the order
+            message["name"] = m.tool_name or (last_calls.pop(0) if last_calls else "")
+            message["tool_call_id"] = ""
+        out.append(message)
+    return out
+
+
+def _ollama_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"function": {"name": c.name, "arguments": c.arguments_object()}} for c in calls]
+
+
+def _chat_message(text: str, calls: list[ToolCall] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = _ollama_calls(calls)
+    return {"message": message}
+
+
 async def _run(
     service: Service,
     request: Request,
     body: _OllamaGenerating,
     gen: GenerationRequest,
     chunk: Callable[[str], dict[str, Any]],
+    *,
+    functions: list[Function] | None = None,
 ) -> Response:
-    """Shared by /api/generate and /api/chat; `chunk` wraps a text piece in the endpoint's shape."""
+    """Shared by /api/generate and /api/chat; `chunk` wraps a text piece in the endpoint's shape.
+
+    With `functions` (chat with tools), the answer's tool calls are parsed out into
+    `message.tool_calls`; streamed, they come in one chunk before the final one, as Ollama does.
+    """
     started = time.perf_counter_ns()
     model = body.model
+    fmt = service.tool_format
     if not body.stream:
         text, finish = await until_disconnect(request, service.complete(gen))
         total = time.perf_counter_ns() - started
+        shaped = chunk(text)
+        if functions:
+            content, calls = parse_calls(text, fmt, functions)
+            shaped = _chat_message(content, calls)
         return JSONResponse(
-            {"model": model, "created_at": _now(), **chunk(text), **_final(model, finish, 0, total)}
+            {"model": model, "created_at": _now(), **shaped, **_final(model, finish, 0, total)}
         )
+    tools = ToolStream(fmt, functions) if functions else None
     first, rest = await until_disconnect(request, first_and_rest(service.generate(gen)))
 
     async def lines(events: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
         async with aclosing(events):
             try:
                 async for event in events:
+                    if isinstance(event, FinishEvent) and tools is not None:
+                        text = "".join(i.text for i in tools.finish() if isinstance(i, ContentDelta))
+                        complete = [c for c in tools.calls if _is_object(c.arguments)]
+                        if text or complete:
+                            piece = {"model": model, "created_at": _now(), **_chat_message(text, complete)}
+                            yield dumps({**piece, "done": False}) + "\n"
                     if isinstance(event, FinishEvent):
                         final = {
                             "model": model,
@@ -121,6 +189,11 @@ async def _run(
                             **_final(model, event, 0, time.perf_counter_ns() - started),
                         }
                         yield dumps(final) + "\n"
+                    elif tools is not None:
+                        text = "".join(i.text for i in tools.feed(event.text) if isinstance(i, ContentDelta))
+                        if text:
+                            piece = {"model": model, "created_at": _now(), **chunk(text), "done": False}
+                            yield dumps(piece) + "\n"
                     else:
                         piece = {"model": model, "created_at": _now(), **chunk(event.text), "done": False}
                         yield dumps(piece) + "\n"
@@ -155,13 +228,17 @@ def routes(service: Service) -> list[BaseRoute]:
         service.resolve_model(body.model)
         if not body.messages:
             return _loaded(body.model)
-        prompt = service.render_chat([m.model_dump() for m in body.messages])
+        functions = parse_functions(body.tools)
+        choice = parse_tool_choice(body.tool_choice, functions)
+        prompt = service.render_chat(chat_messages(body), tools=functions, tool_choice=choice)
+        grammar = service.tool_grammar(functions, choice)
         return await _run(
             service,
             request,
             body,
-            _request(service, body, prompt),
+            _request(service, body, prompt, grammar),
             lambda t: {"message": {"role": "assistant", "content": t}},
+            functions=functions if choice.mode != "none" else None,
         )
 
     async def embed(request: Request) -> Response:
@@ -212,7 +289,18 @@ def routes(service: Service) -> list[BaseRoute]:
     async def ps(request: Request) -> Response:
         if not service.ready:
             return JSONResponse({"models": []})
-        entry = {**_entry(service.info), "expires_at": "2262-04-11T23:47:16Z", "size_vram": 0}
+        info = service.info
+        rt = service.settings.runtime
+        kv_bytes = int(getattr(service.engine, "kv_bytes_per_slot", 0) or 0)  # batched GGUF engine
+        size = info.size_bytes + kv_bytes * rt.parallel  # weights + every slot's KV cache
+        on_gpu = service.settings.hardware == "gpu" and rt.gpu_layers != 0
+        entry = {
+            **_entry(info),
+            "size": size,
+            "expires_at": "2262-04-11T23:47:16Z",  # loaded for the pod's life (keep_alive is moot)
+            "size_vram": size if on_gpu else 0,
+            "context_length": rt.context_length,
+        }
         return JSONResponse({"models": [entry]})
 
     async def show(request: Request) -> Response:
@@ -234,7 +322,7 @@ def routes(service: Service) -> list[BaseRoute]:
                     "general.parameter_count": info.parameters,
                     f"{info.family}.context_length": info.context_length,
                 },
-                "capabilities": ["completion"]
+                "capabilities": ["completion", "tools"]
                 + (["embedding"] if service.engine.capabilities.embeddings else []),
                 "modified_at": _entry(info)["modified_at"],
             }
@@ -256,7 +344,71 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
         Route("/api/version", version, methods=["GET"]),
+        *_management_routes(service),
     ]
+
+
+def _management_routes(service: Service) -> list[BaseRoute]:
+    """Pull (of the served model), health, and the model-management calls we refuse."""
+
+    async def pull(request: Request) -> Response:
+        """Pulling the served model succeeds at once (it is loaded); clients and scripts do it first."""
+        body = await parse_body(request, OllamaPullRequest)
+        name = body.model or body.name
+        served = service.settings.model.name
+        if name not in (served, f"{served}:latest"):
+            raise ModelsDeclaredError(
+                f"cannot pull '{name}': this server serves '{served}' only; "
+                "models are declared by the SLMDeployment (spec.model)"
+            )
+        info = service.info
+        steps: list[dict[str, Any]] = [
+            {"status": "pulling manifest"},
+            {
+                "status": f"pulling {info.name}",
+                "digest": f"{info.format}:{info.name}",
+                "total": info.size_bytes,
+                "completed": info.size_bytes,
+            },
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
+        if not body.stream:
+            return JSONResponse(steps[-1])
+
+        async def lines() -> AsyncIterator[str]:
+            for step in steps:
+                yield dumps(step) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def managed(request: Request) -> Response:
+        action = request.url.path.removeprefix("/api/").split("/")[0]
+        raise ModelsDeclaredError(
+            f"/api/{action} is not available: models are declared by the SLMDeployment (spec.model), "
+            "not managed through this API"
+        )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return [
+        Route("/api/health", health, methods=["GET", "HEAD"]),
+        Route("/api/pull", pull, methods=["POST"]),
+        Route("/api/create", managed, methods=["POST"]),
+        Route("/api/copy", managed, methods=["POST"]),
+        Route("/api/delete", managed, methods=["DELETE", "POST"]),
+        Route("/api/push", managed, methods=["POST"]),
+        Route("/api/blobs/{digest:path}", managed, methods=["HEAD", "POST"]),
+    ]
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _param_size(n: int | None) -> str:

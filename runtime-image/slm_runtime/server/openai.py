@@ -2,7 +2,9 @@
 
 Streams Server-Sent Events ending with `data: [DONE]`. `n` must be 1. Log probabilities are
 not implemented: asking for them (`logprobs: true` / `logprobs: N`) is a 400 rather than a
-silently different response.
+silently different response. Chat completions take `tools`/`tool_choice` (`server/tools.py`) and
+answer with `tool_calls`, streamed as OpenAI does: a delta with the call's `index`, `id` and
+`function.name`, then `function.arguments` in pieces.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ from slm_runtime.server.schemas import (
     _OpenAISampling,
 )
 from slm_runtime.server.service import Service, first_and_rest
+from slm_runtime.server.tools import (
+    CallStart,
+    ContentDelta,
+    Function,
+    StreamItem,
+    ToolStream,
+    arguments_dict,
+    parse_calls,
+    parse_functions,
+    parse_tool_choice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +70,7 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
 
 
 def _request(
-    service: Service, body: _OpenAISampling, prompt: str, max_tokens: int | None
+    service: Service, body: _OpenAISampling, prompt: str, max_tokens: int | None, grammar: str | None = None
 ) -> GenerationRequest:
     if body.n != 1:
         raise BadRequestError("only n=1 is supported", param="n")
@@ -66,6 +79,7 @@ def _request(
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     return GenerationRequest(
         prompt=prompt,
+        grammar=grammar,
         sampling=service.sampling(
             max_tokens=max_tokens,
             temperature=body.temperature,
@@ -96,6 +110,50 @@ def _sse(obj: Any) -> str:
     return f"data: {dumps(obj)}\n\n"
 
 
+def chat_messages(body: OpenAIChatRequest) -> list[dict[str, Any]]:
+    """The conversation in the service's canonical shape (tool calls and results included)."""
+    names_by_id: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(body.messages):
+        role = "system" if m.role == "developer" else m.role
+        message: dict[str, Any] = {"role": role, "content": m.text()}
+        calls = []
+        for j, raw in enumerate(m.tool_calls or []):
+            where = f"messages.{i}.tool_calls.{j}"
+            fn = raw.get("function")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise BadRequestError(f"{where}.function.name is required", param=f"{where}.function.name")
+            args = arguments_dict(fn.get("arguments"), f"{where}.function.arguments")
+            call_id = str(raw.get("id") or "")
+            names_by_id[call_id] = fn["name"]
+            calls.append({"id": call_id, "name": fn["name"], "arguments": args})
+        if calls:
+            message["tool_calls"] = calls
+        if role == "tool":
+            message["tool_call_id"] = m.tool_call_id or ""
+            message["name"] = m.name or names_by_id.get(m.tool_call_id or "", "")
+        out.append(message)
+    return out
+
+
+def _tool_call_json(call_id: str, name: str, arguments: str, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    return out if index is None else {"index": index, **out}
+
+
+def _tool_delta(item: StreamItem) -> dict[str, Any]:
+    """A chat chunk's `delta` for one streamed tool-call item (OpenAI's incremental shape)."""
+    if isinstance(item, ContentDelta):
+        return {"content": item.text}
+    if isinstance(item, CallStart):
+        return {"tool_calls": [_tool_call_json(item.id, item.name, "", item.index)]}
+    return {"tool_calls": [{"index": item.index, "function": {"arguments": item.text}}]}
+
+
 async def _run(
     service: Service,
     request: Request,
@@ -105,8 +163,13 @@ async def _run(
     obj: str,
     whole: Callable[[str, str], dict[str, Any]],
     delta: Callable[[str | None, str | None, bool], dict[str, Any]],
+    tool_stream: ToolStream | None = None,
 ) -> Response:
-    """Shared by chat and text completions; `whole`/`delta` build the endpoint's choice objects."""
+    """Shared by chat and text completions; `whole`/`delta` build the endpoint's choice objects.
+
+    With `tool_stream` (chat with tools), streamed text goes through it and comes out as content
+    and `tool_calls` deltas.
+    """
     cid = f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     model = body.model
@@ -141,9 +204,17 @@ async def _run(
                         yield chunk([delta("", None, True)])
                     started = True
                     if isinstance(event, FinishEvent):
-                        yield chunk([delta(None, _finish_reason(event), False)])
+                        reason = _finish_reason(event)
+                        if tool_stream is not None:
+                            for item in tool_stream.finish():
+                                yield chunk([_chat_choice(_tool_delta(item))])
+                            reason = "tool_calls" if tool_stream.calls and reason != "length" else reason
+                        yield chunk([delta(None, reason, False)])
                         if include_usage:
                             yield chunk([], usage=_usage(event))
+                    elif event.text and tool_stream is not None:
+                        for item in tool_stream.feed(event.text):
+                            yield chunk([_chat_choice(_tool_delta(item))])
                     elif event.text:
                         yield chunk([delta(event.text, None, False)])
             except SlmError as exc:  # headers are gone: report in-band, as OpenAI does
@@ -151,6 +222,24 @@ async def _run(
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(prepend(first, rest)), media_type="text/event-stream")
+
+
+def _chat_choice(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+
+
+def _with_tool_calls(
+    service: Service, functions: list[Function], text: str, reason: str
+) -> tuple[dict[str, Any], str]:
+    """The assistant message of a finished answer, with its tool calls parsed out."""
+    content, calls = parse_calls(text, service.tool_format, functions)
+    if not calls:
+        return {"role": "assistant", "content": text}, reason
+    return {
+        "role": "assistant",
+        "content": content or None,
+        "tool_calls": [_tool_call_json(c.id, c.name, c.arguments) for c in calls],
+    }, "tool_calls"
 
 
 def _floats_b64(vector: list[float]) -> str:
@@ -163,25 +252,27 @@ def routes(service: Service) -> list[BaseRoute]:
         service.resolve_model(body.model)
         if body.logprobs or body.top_logprobs:
             raise BadRequestError("logprobs are not supported", param="logprobs")
-        prompt = service.render_chat(
-            [
-                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in body.messages
-            ]
-        )
-        gen = _request(service, body, prompt, body.max_completion_tokens or body.max_tokens)
+        functions = parse_functions(body.tools)
+        choice = parse_tool_choice(body.tool_choice, functions)
+        prompt = service.render_chat(chat_messages(body), tools=functions, tool_choice=choice)
+        grammar = service.tool_grammar(functions, choice)
+        gen = _request(service, body, prompt, body.max_completion_tokens or body.max_tokens, grammar)
+        calling = choice.mode != "none"
+
+        def whole(text: str, reason: str) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calling:
+                message, reason = _with_tool_calls(service, functions, text, reason)
+            return {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
+
         return await _run(
             service,
             request,
             body,
             gen,
             obj="chat.completion",
-            whole=lambda text, reason: {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason,
-                "logprobs": None,
-            },
+            whole=whole,
+            tool_stream=ToolStream(service.tool_format, functions) if calling else None,
             delta=lambda text, reason, role: {
                 "index": 0,
                 "delta": (

@@ -1,18 +1,26 @@
 """Request bodies of both APIs, in one place.
 
-Lenient about unknown fields (clients send many we do not use: `user`, `images`, ...) but
-strict about the types of the ones we read: a wrong type is a 400 in the API's error format.
+Strict: a field we do not know is a 400 naming it (a silently different answer is worse than an
+error), and a wrong type is a 400 too, in the API's error format. Fields that clients send and
+that cannot change the answer are declared below as `Ignored` (accepted, then not read); the
+list is documented in runtime-image/README.md ("Accepted and ignored fields").
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from slm_runtime.errors import BadRequestError
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+Ignored = Any
+"""A field accepted for compatibility and not read (it cannot change the answer)."""
 
 
 # -- OpenAI -------------------------------------------------------------------------------------
@@ -21,18 +29,31 @@ class _Body(BaseModel):
 class ContentPart(_Body):
     type: str
     text: str | None = None
+    image_url: Ignored = None  # rejected with a clear message in OpenAIMessage.text
+    input_audio: Ignored = None
+    file: Ignored = None
+    cache_control: Ignored = None  # prompt-caching hint some clients (litellm) add
 
 
 class OpenAIMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    refusal: Ignored = None
 
     def text(self) -> str:
-        """Content as plain text; only text parts are supported (no images)."""
+        """Content as plain text; only text parts are supported (no images, audio or files)."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(p.text or "" for p in self.content if p.type == "text")
+        for i, part in enumerate(self.content):
+            if part.type not in ("text", "input_text", "output_text"):
+                raise BadRequestError(
+                    f"content part type '{part.type}' is not supported (text only; this model has no vision)",
+                    param=f"content.{i}.type",
+                )
+        return "".join(p.text or "" for p in self.content)
 
 
 class JsonSchemaSpec(_Body):
@@ -48,6 +69,7 @@ class OpenAIResponseFormat(_Body):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    include_obfuscation: Ignored = None  # padding against side channels; we send none
 
 
 class _OpenAISampling(_Body):
@@ -63,9 +85,16 @@ class _OpenAISampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(
+        None, gt=0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
+    )  # vLLM's name; llama.cpp's server calls it repeat_penalty
+    min_p: float | None = Field(None, ge=0, le=0)  # llama.cpp's; only the no-op 0 until min-p sampling lands
     logit_bias: dict[str, float] | None = None
     response_format: OpenAIResponseFormat | None = None
+    user: Ignored = None
+    metadata: Ignored = None
+    store: Ignored = None
+    service_tier: Ignored = None
 
 
 class OpenAIChatRequest(_OpenAISampling):
@@ -73,6 +102,12 @@ class OpenAIChatRequest(_OpenAISampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[Literal["text"]] | None = None
+    reasoning_effort: Ignored = None  # these models do not reason; accepted as LiteLLM sends it
+    prediction: Ignored = None  # a latency hint only
 
 
 class OpenAICompletionRequest(_OpenAISampling):
@@ -86,6 +121,7 @@ class OpenAIEmbeddingRequest(_Body):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    user: Ignored = None
 
 
 # -- Ollama -------------------------------------------------------------------------------------
@@ -109,12 +145,26 @@ class OllamaOptions(BaseModel):
 class _OllamaBase(_Body):
     model: str
     options: OllamaOptions | None = None
-    keep_alive: str | int | float | None = None
+    keep_alive: str | int | float | None = None  # the model stays loaded for the pod's life
+
+
+def _no_images(images: list[str] | None) -> list[str] | None:
+    if images:
+        raise ValueError("images are not supported: this model has no vision")
+    return images
 
 
 class _OllamaGenerating(_OllamaBase):
     stream: bool = True
     format: Literal["", "json"] | dict[str, Any] | None = None
+    think: bool | str | None = None  # accepted off only; these models do not think
+
+    @field_validator("think")
+    @classmethod
+    def _no_thinking(cls, value: bool | str | None) -> bool | str | None:
+        if value not in (None, False):
+            raise ValueError("thinking is not supported by this model")
+        return value
 
 
 class OllamaGenerateRequest(_OllamaGenerating):
@@ -123,15 +173,34 @@ class OllamaGenerateRequest(_OllamaGenerating):
     system: str | None = None
     template: str | None = None
     raw: bool = False
+    images: list[str] | None = None
+    context: list[int] | None = None  # deprecated by Ollama; only an empty one is accepted
+
+    images_unsupported = field_validator("images")(_no_images)
+
+    @field_validator("context")
+    @classmethod
+    def _no_context(cls, value: list[int] | None) -> list[int] | None:
+        if value:
+            raise ValueError("context (token ids of an earlier answer) is not supported; send messages")
+        return value
 
 
 class OllamaMessage(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    thinking: Ignored = None
+
+    images_unsupported = field_validator("images")(_no_images)
 
 
 class OllamaChatRequest(_OllamaGenerating):
     messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # ours, as in OpenAI (Ollama has none)
 
 
 class OllamaEmbedRequest(_OllamaBase):
@@ -147,3 +216,84 @@ class OllamaShowRequest(_Body):
     model: str | None = None
     name: str | None = None  # older clients
     verbose: bool = False
+
+
+class OllamaPullRequest(_Body):
+    model: str | None = None
+    name: str | None = None  # older clients
+    stream: bool = True
+    insecure: Ignored = None
+    username: Ignored = None
+    password: Ignored = None
+
+
+# -- OpenAI Responses ---------------------------------------------------------------------------
+
+
+class ResponsesTextFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: Ignored = None
+
+
+class ResponsesText(_Body):
+    format: ResponsesTextFormat | None = None
+    verbosity: Ignored = None
+
+
+class ResponsesRequest(_Body):
+    """`POST /v1/responses`, stateless: no `store`, no `previous_response_id`, no background."""
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesText | None = None
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    background: bool | None = None
+    truncation: Literal["disabled"] | None = None
+    include: list[str] | None = None
+    metadata: Ignored = None
+    user: Ignored = None
+    safety_identifier: Ignored = None
+    prompt_cache_key: Ignored = None
+    service_tier: Ignored = None
+    stream_options: Ignored = None
+    reasoning: Ignored = None  # these models do not reason
+
+    @field_validator("store")
+    @classmethod
+    def _stateless(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("this server is stateless: responses are not stored (send store: false)")
+        return value
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _no_previous(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("this server is stateless: send the whole conversation as input instead")
+        return value
+
+    @field_validator("background")
+    @classmethod
+    def _no_background(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("background responses are not supported (stateless server)")
+        return value
+
+    @field_validator("include")
+    @classmethod
+    def _no_include(cls, value: list[str] | None) -> list[str] | None:
+        if value:
+            raise ValueError(f"include {value} is not supported")
+        return value

@@ -37,8 +37,13 @@ from slm_runtime.errors import (
 )
 from slm_runtime.server.limits import Limiter
 from slm_runtime.server.metrics import Metrics
+from slm_runtime.server.tools import GENERIC, Function, ToolChoice, ToolFormat, call_grammar, detect_format
+from slm_runtime.server.tools import for_template as tool_messages_for_template
+from slm_runtime.server.tools import system_prompt as tools_system_prompt
 
 log = logging.getLogger(__name__)
+
+NO_TOOLS = ToolChoice("none")
 
 UNLIMITED = 1 << 31
 """`max_tokens` when neither request nor config sets one: generation stops at the context end."""
@@ -58,6 +63,7 @@ class Service:
         engine.add_observer(self.metrics.on_finish)
         self.load_error: str | None = None
         self._template: ChatTemplate | None = None
+        self.tool_format: ToolFormat = GENERIC
         self._load_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -79,6 +85,7 @@ class Service:
         source = self.settings.prompt.template or info.chat_template or CHATML_TEMPLATE
         try:
             self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+            self.tool_format = detect_format(source)
         except TemplateError as exc:
             self.load_error = str(exc)
             log.error("cannot use the chat template: %s", exc)
@@ -124,18 +131,50 @@ class Service:
             )
         return self.info
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, system: str | None = None) -> str:
-        """Prompt for a conversation; the configured system prompt fills in when none is given."""
-        msgs = [dict(m) for m in messages]
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        tools: Sequence[Function] = (),
+        tool_choice: ToolChoice = NO_TOOLS,
+    ) -> str:
+        """Prompt for a conversation; the configured system prompt fills in when none is given.
+
+        Messages may carry tool calls and tool results (`tools.for_template` shapes them); `tools`
+        go to the template as its `tools` variable, or into the system prompt when the template
+        has no tool format of its own.
+        """
+        fmt = self.tool_format
+        msgs = tool_messages_for_template(messages, fmt)
         default_system = system if system is not None else self.settings.prompt.system
         if default_system and not any(m.get("role") == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": default_system})
         elif system is not None:
             msgs = [{"role": "system", "content": system}] + [m for m in msgs if m.get("role") != "system"]
+        extra: dict[str, Any] = {}
+        if tools and tool_choice.mode != "none":
+            if fmt.native:
+                extra["tools"] = [f.as_tool() for f in tools]
+            else:
+                described = tools_system_prompt(tools, tool_choice)
+                if msgs and msgs[0].get("role") == "system":
+                    msgs[0] = {**msgs[0], "content": f"{msgs[0].get('content') or ''}\n\n{described}".strip()}
+                else:
+                    msgs.insert(0, {"role": "system", "content": described})
         if self._template is None:
             self.info  # noqa: B018 -- raises NotReadyError with the reason
             raise NotReadyError("model is loading")
-        return self._template.render(msgs, add_generation_prompt=True)
+        return self._template.render(msgs, add_generation_prompt=True, extra=extra)
+
+    def tool_grammar(self, tools: Sequence[Function], tool_choice: ToolChoice) -> str | None:
+        """GBNF forcing a call (`required` / a named function) in this model's format, else None."""
+        if tool_choice.mode in ("required", "function") and not self.engine.capabilities.grammar:
+            raise UnsupportedError(
+                f"tool_choice '{tool_choice.mode}' needs grammars, which this model's backend lacks",
+                param="tool_choice",
+            )
+        return call_grammar(self.tool_format, tools, tool_choice)
 
     def sampling(
         self,
