@@ -1,26 +1,35 @@
 """OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
-Streams Server-Sent Events ending with `data: [DONE]`. `n` must be 1. Log probabilities are
-not implemented: asking for them (`logprobs: true` / `logprobs: N`) is a 400 rather than a
-silently different response.
+Streams Server-Sent Events ending with `data: [DONE]`. `n > 1` runs n sequences of one
+prompt (the engine copies the prompt's KV cells instead of computing them n times); with a
+`seed`, choice i uses seed + i. `logprobs` are the model's own log probabilities (softmax of
+the raw logits, before sampling), like OpenAI's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from slm_runtime.backends.base import FinishEvent, GenerationEvent, GenerationRequest, ResponseFormat
+from slm_runtime.backends.base import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    ResponseFormat,
+    TokenEvent,
+)
 from slm_runtime.errors import BadRequestError, SlmError
 from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
 from slm_runtime.server.errors import error_body
@@ -56,36 +65,72 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     return out
 
 
-def _request(
-    service: Service, body: _OpenAISampling, prompt: str, max_tokens: int | None
-) -> GenerationRequest:
-    if body.n != 1:
-        raise BadRequestError("only n=1 is supported", param="n")
-    if body.presence_penalty or body.frequency_penalty:
-        log.info("presence/frequency penalties are not supported and were ignored")
+_MAX_N = 16
+
+
+def _requests(
+    service: Service, body: _OpenAISampling, prompt: str, max_tokens: int | None, logprobs: int | None = None
+) -> list[GenerationRequest]:
+    """One generation per choice (`n`); choice i gets seed + i so seeded choices differ."""
+    if body.n > _MAX_N:
+        raise BadRequestError(f"n must be at most {_MAX_N}", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return GenerationRequest(
-        prompt=prompt,
-        sampling=service.sampling(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            repeat_penalty=body.repetition_penalty,
-            seed=body.seed,
-            stop=stop,
-            logit_bias=_logit_bias(body.logit_bias),
-            response_format=_response_format(body.response_format),
-        ),
+    sampling = service.sampling(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=body.seed,
+        stop=stop,
+        logit_bias=_logit_bias(body.logit_bias),
+        response_format=_response_format(body.response_format),
+        logprobs=logprobs,
     )
+    return [
+        GenerationRequest(
+            prompt=prompt,
+            sampling=sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i),
+        )
+        for i in range(body.n)
+    ]
 
 
-def _usage(finish: FinishEvent) -> dict[str, int]:
+def _chat_logprobs(events: Sequence[TokenEvent]) -> dict[str, Any]:
+    """OpenAI's chat `logprobs` object for the tokens of `events`."""
     return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.bytes),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(b)} for t, v, b in lp.top],
+            }
+            for event in events
+            for lp in event.logprobs
+        ],
+        "refusal": None,
     }
+
+
+def _completion_logprobs(events: Sequence[TokenEvent], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions `logprobs` object: parallel lists, text offsets from `offset`."""
+    tokens: list[str] = []
+    values: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    at = offset
+    for event in events:
+        for lp in event.logprobs:
+            tokens.append(lp.token)
+            values.append(lp.logprob)
+            tops.append({t: v for t, v, _ in lp.top})
+            offsets.append(at)
+            at += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _finish_reason(finish: FinishEvent) -> str:
@@ -96,34 +141,105 @@ def _sse(obj: Any) -> str:
     return f"data: {dumps(obj)}\n\n"
 
 
+Whole = Callable[[int, str, str, list[TokenEvent]], dict[str, Any]]
+"""(index, text, finish_reason, token events) -> a choice of the non-streamed answer."""
+Delta = Callable[[int, str | None, str | None, bool, TokenEvent | None], dict[str, Any]]
+"""(index, text, finish_reason, is_role_chunk, event) -> a choice of one streamed chunk."""
+
+
+async def _collect(service: Service, gen: GenerationRequest) -> tuple[list[TokenEvent], FinishEvent]:
+    events: list[TokenEvent] = []
+    async with aclosing(service.generate(gen)) as stream:
+        async for event in stream:
+            if isinstance(event, FinishEvent):
+                return events, event
+            events.append(event)
+    raise BadRequestError("generation ended without a result")  # pragma: no cover
+
+
+def _total_usage(finishes: Sequence[FinishEvent]) -> dict[str, int]:
+    prompt = finishes[0].prompt_tokens if finishes else 0
+    completion = sum(f.completion_tokens for f in finishes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _merged(
+    streams: list[AsyncGenerator[GenerationEvent, None]],
+) -> AsyncGenerator[tuple[int, GenerationEvent], None]:
+    """The events of several generations as they come, tagged with their choice index."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for event in only:
+                yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, GenerationEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncGenerator[GenerationEvent, None]) -> None:
+        try:
+            async with aclosing(stream):
+                async for event in stream:
+                    await queue.put((i, event))
+        except Exception as exc:
+            await queue.put((i, exc))
+        await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await queue.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _run(
     service: Service,
     request: Request,
     body: _OpenAISampling,
-    gen: GenerationRequest,
+    gens: list[GenerationRequest],
     *,
     obj: str,
-    whole: Callable[[str, str], dict[str, Any]],
-    delta: Callable[[str | None, str | None, bool], dict[str, Any]],
+    whole: Whole,
+    delta: Delta,
 ) -> Response:
     """Shared by chat and text completions; `whole`/`delta` build the endpoint's choice objects."""
     cid = f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     model = body.model
     if not body.stream:
-        text, finish = await until_disconnect(request, service.complete(gen))
+        results = await until_disconnect(request, asyncio.gather(*(_collect(service, g) for g in gens)))
         return JSONResponse(
             {
                 "id": cid,
                 "object": obj,
                 "created": created,
                 "model": model,
-                "choices": [whole(text, _finish_reason(finish))],
-                "usage": _usage(finish),
+                "choices": [
+                    whole(i, "".join(e.text for e in events), _finish_reason(finish), events)
+                    for i, (events, finish) in enumerate(results)
+                ],
+                "usage": _total_usage([finish for _, finish in results]),
             }
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await until_disconnect(request, first_and_rest(service.generate(gen)))
+    started = await until_disconnect(
+        request,
+        asyncio.gather(*(first_and_rest(service.generate(g)) for g in gens), return_exceptions=True),
+    )
+    failed = [r for r in started if isinstance(r, BaseException)]
+    opened = [r for r in started if not isinstance(r, BaseException)]
+    if failed:  # e.g. the n-th choice was refused by admission control: none of them runs
+        for _, rest in opened:
+            await rest.aclose()
+        raise failed[0]
     chunk_obj = f"{obj}.chunk" if obj.startswith("chat") else obj
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -132,25 +248,28 @@ async def _run(
             payload["usage"] = None
         return _sse({**payload, **extra})
 
-    async def events(stream: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
-        started = False
+    async def events(stream: AsyncGenerator[tuple[int, GenerationEvent], None]) -> AsyncIterator[str]:
+        started: set[int] = set()
+        finishes: list[FinishEvent] = []
         async with aclosing(stream):
             try:
-                async for event in stream:
-                    if not started and obj.startswith("chat"):
-                        yield chunk([delta("", None, True)])
-                    started = True
+                async for i, event in stream:
+                    if i not in started and obj.startswith("chat"):
+                        yield chunk([delta(i, "", None, True, None)])
+                    started.add(i)
                     if isinstance(event, FinishEvent):
-                        yield chunk([delta(None, _finish_reason(event), False)])
-                        if include_usage:
-                            yield chunk([], usage=_usage(event))
-                    elif event.text:
-                        yield chunk([delta(event.text, None, False)])
+                        finishes.append(event)
+                        yield chunk([delta(i, None, _finish_reason(event), False, None)])
+                    elif event.text or event.logprobs:
+                        yield chunk([delta(i, event.text, None, False, event)])
+                if include_usage:
+                    yield chunk([], usage=_total_usage(finishes))
             except SlmError as exc:  # headers are gone: report in-band, as OpenAI does
                 yield _sse(error_body(exc, "openai")[1])
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(prepend(first, rest)), media_type="text/event-stream")
+    streams = [prepend(first, rest) for first, rest in opened]
+    return StreamingResponse(events(_merged(streams)), media_type="text/event-stream")
 
 
 def _floats_b64(vector: list[float]) -> str:
@@ -161,29 +280,30 @@ def routes(service: Service) -> list[BaseRoute]:
     async def chat_completions(request: Request) -> Response:
         body = await parse_body(request, OpenAIChatRequest)
         service.resolve_model(body.model)
-        if body.logprobs or body.top_logprobs:
-            raise BadRequestError("logprobs are not supported", param="logprobs")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise BadRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         prompt = service.render_chat(
             [
                 {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages
             ]
         )
-        gen = _request(service, body, prompt, body.max_completion_tokens or body.max_tokens)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        gens = _requests(service, body, prompt, body.max_completion_tokens or body.max_tokens, k)
         return await _run(
             service,
             request,
             body,
-            gen,
+            gens,
             obj="chat.completion",
-            whole=lambda text, reason: {
-                "index": 0,
+            whole=lambda i, text, reason, events: {
+                "index": i,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _chat_logprobs(events) if k is not None else None,
             },
-            delta=lambda text, reason, role: {
-                "index": 0,
+            delta=lambda i, text, reason, role, event: {
+                "index": i,
                 "delta": (
                     {"role": "assistant", "content": ""}
                     if role
@@ -192,37 +312,40 @@ def routes(service: Service) -> list[BaseRoute]:
                     else {"content": text}
                 ),
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _chat_logprobs([event]) if k is not None and event is not None else None,
             },
         )
 
     async def completions(request: Request) -> Response:
         body = await parse_body(request, OpenAICompletionRequest)
         service.resolve_model(body.model)
-        if body.logprobs:
-            raise BadRequestError("logprobs are not supported", param="logprobs")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise BadRequestError("exactly one prompt is supported", param="prompt")
-        gen = _request(service, body, prompts[0], body.max_tokens or 16)  # OpenAI's default is 16
+        k = body.logprobs
+        if k is not None and body.echo:
+            raise BadRequestError(
+                "logprobs with echo (prompt log probabilities) is not supported", param="echo"
+            )
+        gens = _requests(service, body, prompts[0], body.max_tokens or 16, k)  # OpenAI's default is 16
         echo = prompts[0] if body.echo else ""
         return await _run(
             service,
             request,
             body,
-            gen,
+            gens,
             obj="text_completion",
-            whole=lambda text, reason: {
-                "index": 0,
+            whole=lambda i, text, reason, events: {
+                "index": i,
                 "text": echo + text,
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _completion_logprobs(events) if k is not None else None,
             },
-            delta=lambda text, reason, role: {
-                "index": 0,
+            delta=lambda i, text, reason, role, event: {
+                "index": i,
                 "text": text or "",
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _completion_logprobs([event]) if k is not None and event is not None else None,
             },
         )
 
@@ -230,7 +353,7 @@ def routes(service: Service) -> list[BaseRoute]:
         body = await parse_body(request, OpenAIEmbeddingRequest)
         service.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        result = await service.embed(texts)
+        result = await service.embed(texts, dimensions=body.dimensions)
         data = [
             {
                 "object": "embedding",
