@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CTX = 1024
-THREADS = 2
+THREADS = 1
 MODEL = "tiny"
 
 COUNT = "List the numbers from 1 to 20."
