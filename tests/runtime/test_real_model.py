@@ -226,7 +226,7 @@ def test_n_choices_share_the_prompt(smol: RunningServer) -> None:
     reused = engine.reused_prompt_tokens
     out = _oai(smol).chat.completions.create(
         model=MODEL, messages=messages, n=3, temperature=1.0, seed=11, max_tokens=16
-    )  # type: ignore[call-overload]
+    )
     assert [c.index for c in out.choices] == [0, 1, 2]
     texts = [c.message.content for c in out.choices]
     assert len(set(texts)) > 1  # seed + i per choice: different samples
