@@ -22,7 +22,11 @@ finished. Aggregate tokens/s = all streamed tokens / wall time of the level.
 Usage (from the repo root, on a quiet machine):
 
     .venv/bin/python benchmarks/concurrency.py            # all servers, c = 1,4,8,16
+    .venv/bin/python benchmarks/concurrency.py --model smollm2 --servers ours,llama-server
     .venv/bin/python benchmarks/concurrency.py --servers ours --concurrency 8
+
+Each level runs at least 32 requests (2 per client or more), and the ratio of our aggregate
+tokens/s to each other server's is printed for every level.
 
 Setup (cached; the first run takes ~10 minutes on 2 cores): llama-server is built into
 benchmarks/.work/ and cached under ~/.cache/slm-operator/llama-server-0.3.36/; a venv with
@@ -39,81 +43,21 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / ".work"
-LCP_VERSION = "0.3.36"
-CACHE = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "slm-operator"))
-CMAKE_FLAGS = [
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX=ON",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
-    "-DLLAMA_CURL=OFF",
-    # Not about speed: a single static binary, no TLS, no web UI download.
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DCMAKE_BUILD_TYPE=Release",
-]
+from llama_server import LCP_VERSION, ROOT, WORK, log, run
+from llama_server import build as llama_server
+
 MODEL_NAME = "bench"
 
 
-def log(msg: str) -> None:
-    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
-
-
-def run(cmd: Sequence[str | Path], **kw: object) -> None:
-    log("$ " + " ".join(str(c) for c in cmd))
-    subprocess.run([str(c) for c in cmd], check=True, **kw)  # type: ignore[call-overload]
-
-
 # ---- setup -------------------------------------------------------------------------------------
-
-
-def sdist() -> Path:
-    """The llama-cpp-python sdist (its vendor/llama.cpp is what our wheel was built from)."""
-    path = WORK / f"llama_cpp_python-{LCP_VERSION}.tar.gz"
-    if not path.exists():
-        run(
-            [
-                *(sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"),
-                *(f"llama-cpp-python=={LCP_VERSION}", "-d", WORK),
-            ]
-        )
-    return path
-
-
-def llama_server() -> Path:
-    """Build (once) llama.cpp's llama-server; cached outside the checkout."""
-    cached = CACHE / f"llama-server-{LCP_VERSION}" / "llama-server"
-    if cached.exists():
-        return cached
-    src = WORK / f"llama_cpp_python-{LCP_VERSION}"
-    if not src.exists():
-        with tarfile.open(sdist()) as tar:
-            tar.extractall(WORK, filter="data")
-    build = WORK / "llama-server-build"
-    nice = ["nice", "-n", "10"]
-    run([*nice, "cmake", "-S", src / "vendor" / "llama.cpp", "-B", build, "-G", "Ninja", *CMAKE_FLAGS])
-    run([*nice, "cmake", "--build", build, "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build / "bin" / "llama-server", cached)
-    return cached
 
 
 def lcp_python() -> Path:
@@ -449,14 +393,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--servers", default="ours,llama-server,llama-cpp-python")
     p.add_argument("--concurrency", default="1,4,8,16")
-    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=0,
+        help="default: enough for >= 32 requests per level (at least 2 per client)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--ctx", type=int, default=512, help="context tokens per slot")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, default=WORK / "concurrency.json")
-    p.add_argument("--model", type=Path, help="another GGUF (for a quick check of the harness)")
+    p.add_argument(
+        "--model",
+        help="`synthetic` (default: the Qwen2.5-0.5B-shaped Q8_0), `smollm2` (the real SmolLM2-135M-"
+        "Instruct from hack/fetch-models.sh), or a GGUF path",
+    )
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     load1 = os.getloadavg()[0]
@@ -464,8 +417,12 @@ def main() -> int:
         log(f"warning: load average {load1:.1f}; numbers will be noisy (2 cores shared)")
     names = args.servers.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
-    path = args.model or model()
-    total = sum(c * args.requests_per_client for c in levels) + 8
+    path = resolve_model(args.model)
+
+    def per_client(c: int) -> int:
+        return args.requests_per_client or max(2, -(-32 // c))
+
+    total = sum(c * per_client(c) for c in levels) + 8
     work = workload(path, total * len(names), args.prompt_tokens)
     log(
         f"model {path.name}; {len(work.logit_bias)} tokens biased down; "
@@ -483,10 +440,8 @@ def main() -> int:
             offset += 1
         for c in levels:
             for server in running:
-                row = asyncio.run(
-                    level(server.port, work, offset, c, per_client=args.requests_per_client, args=args)
-                )
-                offset += c * args.requests_per_client
+                row = asyncio.run(level(server.port, work, offset, c, per_client=per_client(c), args=args))
+                offset += c * per_client(c)
                 table[server.name].append(row)
                 log(
                     f"{server.name} c={c}: {row['tok_s']:.1f} tok/s, ttft p95 {row['ttft_p95']:.2f}s, "
@@ -510,18 +465,30 @@ def main() -> int:
                 f"{r['load1']:.1f} |"
             )
 
-    def at8(name: str) -> float | None:
-        return next((r["tok_s"] for r in table.get(name, []) if r["concurrency"] == 8), None)
+    def at(name: str, c: int) -> float | None:
+        return next((r["tok_s"] for r in table.get(name, []) if r["concurrency"] == c), None)
 
-    ours = at8("ours")
+    print()
     for other, label in (
         ("llama-server", "ratio_vs_llama_server"),
         ("llama-cpp-python", "ratio_vs_llama_cpp_python_server"),
     ):
-        theirs = at8(other)
-        if ours and theirs:
-            print(f"{label}={ours / theirs:.2f}")
+        for c in levels:
+            ours, theirs = at("ours", c), at(other, c)
+            if ours and theirs:
+                print(f"{label} c={c}: {ours / theirs:.2f}")
     return 0
+
+
+def resolve_model(choice: str | None) -> Path:
+    if choice in (None, "synthetic"):
+        return model()
+    if choice == "smollm2":
+        out = subprocess.run(
+            ["bash", str(ROOT / "hack" / "fetch-models.sh")], check=True, capture_output=True, text=True
+        )
+        return Path(out.stdout.strip().splitlines()[-1]) / "smollm2-135m-instruct-q4_1.gguf"
+    return Path(choice)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """How much does our HTTP server cost compared with calling the library directly?
 
 Not a test. Generates a Qwen2.5-0.5B-shaped Q8_0 GGUF (random weights, cached under
-benchmarks/.work/), then measures single-stream tokens/s of:
+benchmarks/.work/) and takes the real SmolLM2-135M-Instruct (hack/fetch-models.sh), then for
+each measures single-stream tokens/s of:
   direct:  llama-cpp-python's `Llama.create_completion(stream=True)` in-process;
   server:  the same generation streamed through `slm-runtime serve` (OpenAI SSE, a new
            connection per request, measured by the client from request to `[DONE]`);
@@ -12,6 +13,7 @@ requests alternate, so both see the same background load on a shared machine. Pr
 for ONNX (onnxruntime-genai in-process vs our server) with a smaller shape.
 
     nice python benchmarks/runtime_overhead.py [--threads 2] [--requests 6] [--skip-onnx]
+        [--models synthetic,smollm2]
 """
 
 from __future__ import annotations
@@ -247,34 +249,59 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument(
+        "--models",
+        default="synthetic,smollm2",
+        help="GGUFs to measure: `synthetic` (Qwen2.5-0.5B-shaped Q8_0), `smollm2` (the real "
+        "SmolLM2-135M-Instruct from hack/fetch-models.sh), comma-separated",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
-    gguf = ensure_model("gguf")
     import llama_cpp
 
-    vocab_probe = llama_cpp.Llama(str(gguf), n_ctx=64, verbose=False, vocab_only=True)
-    eog = [
-        t for t in range(vocab_probe.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab_probe._model.vocab, t)
-    ]
-    bias = bias_for(vocab_probe.n_vocab(), eog)
-    del vocab_probe
-    print(
-        f"model={gguf.name} size={gguf.stat().st_size / 1e6:.0f}MB threads={args.threads} "
-        f"prompt~64 tokens output={OUTPUT_TOKENS} tokens requests={args.requests}",
-        flush=True,
-    )
-    with direct_gguf(gguf, args.threads, bias) as direct, through_server(gguf, args.threads, bias) as server:
-        ratio = compare("gguf", direct, server, args.requests)
-    print(f"overhead_ratio={ratio:.3f}")
+    for choice in args.models.split(","):
+        gguf = ensure_model("gguf") if choice == "synthetic" else real_model(choice)
+        vocab_probe = llama_cpp.Llama(str(gguf), n_ctx=64, verbose=False, vocab_only=True)
+        eog = [
+            t
+            for t in range(vocab_probe.n_vocab())
+            if llama_cpp.llama_vocab_is_eog(vocab_probe._model.vocab, t)
+        ]
+        bias = bias_for(vocab_probe.n_vocab(), eog)
+        del vocab_probe
+        print(
+            f"model={gguf.name} size={gguf.stat().st_size / 1e6:.0f}MB threads={args.threads} "
+            f"prompt~64 tokens output={OUTPUT_TOKENS} tokens requests={args.requests}",
+            flush=True,
+        )
+        with (
+            direct_gguf(gguf, args.threads, bias) as direct,
+            through_server(gguf, args.threads, bias) as server,
+        ):
+            ratio = compare("gguf", direct, server, args.requests)
+        print(f"overhead_ratio[{choice}]={ratio:.3f}")
     if not args.skip_onnx:
         onnx = ensure_model("onnx")
         with direct_onnx(onnx) as direct, through_server(onnx, args.threads, None) as server:
             onnx_ratio = compare("onnx", direct, server, args.requests)
         print(f"onnx_overhead_ratio={onnx_ratio:.3f}")
     return 0
+
+
+def real_model(choice: str) -> Path:
+    """A real model from hack/fetch-models.sh (cached, sha256-verified)."""
+    if choice != "smollm2":
+        raise SystemExit(f"unknown model {choice!r}; known: synthetic, smollm2")
+    out = subprocess.run(
+        ["bash", str(WORK.parent.parent / "hack" / "fetch-models.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1]) / "smollm2-135m-instruct-q4_1.gguf"
 
 
 if __name__ == "__main__":

@@ -111,10 +111,9 @@ def detect_format(path: Path) -> str:
 
 
 def build_engine(settings: RuntimeConfig) -> Any:
-    """The engine for the configured model (imports the native libraries lazily): GGUF with
-    `runtime.parallel > 1` gets the continuous-batching engine, everything else a backend behind
-    the SerialEngine."""
-    from slm_runtime.backends.base import Backend
+    """The engine for the configured model (imports the native libraries lazily): every GGUF
+    model gets the continuous-batching engine, whatever `runtime.parallel` is (one sampler, one
+    loader, one embedding path); ONNX a backend behind the SerialEngine."""
     from slm_runtime.engine import SerialEngine
     from slm_runtime.hardware import cpu_limit
 
@@ -123,9 +122,7 @@ def build_engine(settings: RuntimeConfig) -> Any:
     path = Path(settings.model.path)
     fmt = settings.model.format if settings.model.format != "auto" else detect_format(path)
     rt = settings.runtime
-    backend: Backend
-    if fmt == "gguf" and rt.parallel > 1:
-        # Continuous batching: every running sequence shares each decode (backends/gguf_batched.py).
+    if fmt == "gguf":
         from slm_runtime.backends.gguf_batched import BatchedGGUFEngine, BatchedSettings
 
         return BatchedGGUFEngine(
@@ -140,33 +137,20 @@ def build_engine(settings: RuntimeConfig) -> Any:
             name=settings.model.name,
             quantization=settings.model.quantization,
         )
-    if fmt == "gguf":
-        from slm_runtime.backends.gguf import GgufBackend
+    from slm_runtime.backends.onnx import OnnxBackend
 
-        backend = GgufBackend(
-            path,
-            name=settings.model.name,
-            context_length=rt.context_length,
-            threads=rt.threads or cpu_limit(),
-            gpu_layers=rt.gpu_layers,
-            batch_size=rt.batch_size,
-            quantization=settings.model.quantization,
-        )
-    else:
-        from slm_runtime.backends.onnx import OnnxBackend
+    backend = OnnxBackend(
+        path,
+        name=settings.model.name,
+        context_length=rt.context_length,
+        quantization=settings.model.quantization,
+        providers=rt.execution_providers,
+    )
+    if rt.parallel > 1:
+        # Waiting requests decode together in one generator (backends/onnx_batching.py).
+        from slm_runtime.backends.onnx_batching import BatchingOnnxEngine
 
-        backend = OnnxBackend(
-            path,
-            name=settings.model.name,
-            context_length=rt.context_length,
-            quantization=settings.model.quantization,
-            providers=rt.execution_providers,
-        )
-        if rt.parallel > 1:
-            # Waiting requests decode together in one generator (backends/onnx_batching.py).
-            from slm_runtime.backends.onnx_batching import BatchingOnnxEngine
-
-            return BatchingOnnxEngine(backend, max_batch=rt.parallel)
+        return BatchingOnnxEngine(backend, max_batch=rt.parallel)
     return SerialEngine(backend)
 
 

@@ -52,7 +52,7 @@ class RuntimeSection(_Strict):
     """Engine settings, in llama.cpp's vocabulary."""
 
     context_length: int = Field(4096, alias="contextLength", ge=64, description="Tokens per slot.")
-    parallel: int = Field(1, ge=1, le=256, description="Concurrent sequences (slots) per pod.")
+    parallel: int = Field(4, ge=1, le=256, description="Concurrent sequences (slots) per pod.")
     threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPU limit.")
     gpu_layers: int = Field(0, alias="gpuLayers", ge=-1, description="Layers offloaded; -1 = all.")
     batch_size: int = Field(512, alias="batchSize", ge=1, description="Prompt tokens per decode.")

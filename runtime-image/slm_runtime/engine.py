@@ -5,15 +5,13 @@ second OS thread made every later decode ~1.7x slower (FACTS). So all backend ca
 generate, embed, tokenize) go through a FIFO of jobs run by a dedicated `slm-decode` thread, and
 results come back to asyncio with `loop.call_soon_threadsafe`.
 
-`SerialEngine` runs one sequence at a time: a job is a whole generation. To add continuous
-batching, write another class with the same `Engine` protocol (`start`, `generate`, `embed`,
-`count_tokens`, `close`, `add_observer`, `info`, `capabilities`, `load_seconds`); the HTTP layer
-depends on nothing else. Its decode thread would loop: admit queued `GenerationRequest`s into
-free slots (seq_ids), put every active slot's next token (and new prompts' chunks) into one
-`llama_batch`, call `llama_decode` once, sample per slot (`GgufBackend.make_sampler` keeps one
-chain per slot), run each slot's `StopMatcher`/`Utf8Stream` (`backends.sampling`), and deliver
-`TokenEvent`s/`FinishEvent`s through the same per-request asyncio queues this class uses.
-Cancellation stays `request.cancelled`, checked per step; finish observers stay as they are.
+Two engines implement the `Engine` protocol (the HTTP layer depends on nothing else):
+
+* `backends.gguf_batched.BatchedGGUFEngine` serves every GGUF model, whatever
+  `runtime.parallel` is (continuous batching over llama.cpp sequence ids; with one slot it is
+  simply serial), so a request samples the same at `parallel: 1` as at `parallel: 8`;
+* `SerialEngine` (here) runs a `Backend` one job at a time: ONNX models, whose runtime has no
+  sequence batching (see backends/onnx.py).
 """
 
 from __future__ import annotations
@@ -61,7 +59,10 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]: ...
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult: ...
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> EmbeddingResult:
+        """One pooled vector per text, not normalised (each API decides); `truncate` cuts
+        inputs longer than the engine embeds at once, else they are a 400."""
+        ...
 
     async def count_tokens(self, text: str) -> int: ...
 
@@ -126,9 +127,9 @@ class SerialEngine:
         self._require_loaded()
         return await self._call(lambda: self._backend.count_tokens(text))
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> EmbeddingResult:
         self._require_loaded()
-        return await self._call(lambda: self._backend.embed(texts))
+        return await self._call(lambda: self._backend.embed(texts, truncate=truncate))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Queue `request`; yield its events. Closing the iterator early cancels the generation."""

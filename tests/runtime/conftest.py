@@ -43,7 +43,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def settings_for(path: Path, **sections: Any) -> RuntimeConfig:
-    """A config for `path` with small, fast runtime settings; `sections` are merged in."""
+    """A config for `path` with small, fast runtime settings; `sections` are merged in.
+
+    `runtime.parallel` is left at the runtime's default (the operator's, 4) unless given."""
     data: dict[str, Any] = {
         "model": {"name": MODEL, "path": str(path)},
         "runtime": {"contextLength": 512, "threads": 1, "batchSize": 128},
@@ -102,9 +104,11 @@ def _serve(settings: RuntimeConfig) -> Iterator[RunningServer]:
 ServerFactory = Callable[..., RunningServer]
 
 
-@pytest.fixture(scope="session")
-def gguf_server(models: dict[str, Path]) -> Iterator[RunningServer]:
-    yield from _serve(settings_for(models["q8_0"]))
+@pytest.fixture(scope="session", params=[1, 4], ids=["parallel1", "parallel4"])
+def gguf_server(models: dict[str, Path], request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The engine production runs (the batching one), with one slot and with the default four:
+    every HTTP test must pass on both, since `runtime.parallel` may not change an answer."""
+    yield from _serve(settings_for(models["q8_0"], runtime={"parallel": request.param}))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from slm_runtime.backends.base import (
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
+    ModelInfo,
     ResponseFormat,
     SamplingParams,
     TokenEvent,
@@ -267,23 +268,37 @@ def test_embeddings_between_decode_steps(model_path: Path) -> None:
 
     vectors, text = run(model_path, 2, body)
     assert len(vectors) == 2 and len(vectors[0]) == SHAPES["tiny"].hidden
-    assert abs(sum(v * v for v in vectors[0]) - 1.0) < 1e-4
+    assert sum(v * v for v in vectors[0]) > 0  # raw pooled vectors; each API normalises
     assert text == one_by_one(model_path, [PROMPTS[1]], greedy(64))[0]
 
 
-def test_model_info_matches_the_serial_backend(model_path: Path) -> None:
-    from slm_runtime.backends.gguf import GgufBackend
-
-    serial = GgufBackend(model_path, name="default", context_length=256, threads=1)
-    try:
-        expected = serial.load()
-    finally:
-        serial.close()
-
+def test_model_info_reports_the_gguf_metadata(model_path: Path) -> None:
     async def body(engine: BatchedGGUFEngine) -> object:
         return engine.info
 
-    assert run(model_path, 2, body) == expected
+    info = run(model_path, 2, body)
+    assert isinstance(info, ModelInfo)
+    assert (info.name, info.format, info.path) == ("default", "gguf", str(model_path))
+    assert (info.family, info.quantization, info.context_length) == ("llama", "Q8_0", 256)
+    assert info.chat_template and "<|im_start|>" in info.chat_template
+    assert info.builtin_template is None  # the file has its own template
+    assert info.eos_token == "<|im_end|>"
+    assert info.parameters and info.size_bytes > 0
+
+
+def test_n_identical_prompts_share_one_prefill(model_path: Path) -> None:
+    """Requests arriving together with one prompt (OpenAI `n`): the later ones wait for the
+    first's prefill and copy its KV cells; the outputs are those of the prompt served alone."""
+    prompt = PROMPTS[4]
+
+    async def body(engine: BatchedGGUFEngine) -> tuple[list[str], int, int]:
+        before = engine.reused_prompt_tokens
+        outs = await asyncio.gather(*(complete(engine, prompt, greedy(16)) for _ in range(3)))
+        return [t for t, _ in outs], engine.reused_prompt_tokens - before, outs[0][1].prompt_tokens
+
+    texts, reused, n_prompt = run(model_path, 4, body)
+    assert reused >= 2 * (n_prompt - 1)
+    assert texts == one_by_one(model_path, [prompt] * 3, greedy(16))
 
 
 def test_bad_request_fails_alone(model_path: Path) -> None:

@@ -41,9 +41,6 @@ WEATHER = {
     },
 }
 WEATHER_QUESTION = "What is the weather like in Paris today?"
-NEEDS_POOLING = pytest.mark.xfail(
-    strict=True, reason="needs mean pooling from branch engine (chat models declare no pooling type)"
-)
 
 
 class Place(BaseModel):
@@ -118,7 +115,6 @@ def test_langchain_openai_structured_output(smollm2_server: RunningServer, metho
     assert isinstance(place, Place) and place.city
 
 
-@NEEDS_POOLING
 def test_langchain_openai_embeddings(smollm2_server: RunningServer) -> None:
     emb = langchain_openai.OpenAIEmbeddings(
         model=REAL_MODEL,
@@ -161,7 +157,6 @@ def test_langchain_ollama_structured_output(smollm2_server: RunningServer) -> No
     assert isinstance(place, Place) and place.city
 
 
-@NEEDS_POOLING
 def test_langchain_ollama_embeddings(smollm2_server: RunningServer) -> None:
     emb = langchain_ollama.OllamaEmbeddings(model=REAL_MODEL, base_url=smollm2_server.url)
     _assert_paraphrases_closer(emb.embed_documents([*PARAPHRASES, UNRELATED]))
@@ -227,7 +222,6 @@ def test_litellm_structured_output(smollm2_server: RunningServer, provider: str)
     assert place.city
 
 
-@NEEDS_POOLING
 @pytest.mark.parametrize("provider", ["openai", "ollama"])
 def test_litellm_embeddings(smollm2_server: RunningServer, provider: str) -> None:
     out = litellm.embedding(input=[*PARAPHRASES, UNRELATED], **_litellm_args(smollm2_server, provider))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import ollama
@@ -48,8 +49,11 @@ def test_generate_raw_system_and_defaults(gguf_server: RunningServer) -> None:
     raw = c.generate(model=MODEL, prompt="abc", raw=True, options={"num_predict": 2, "temperature": 0})
     assert raw.eval_count == 2
     with_system = c.generate(
-        model=MODEL, prompt="abc", system="Be brief.", options={"num_predict": 2, "num_ctx": 8192}
+        model=MODEL, prompt="abc", system="Be brief.", options={"num_predict": 2, "num_ctx": 256}
     )
+    with pytest.raises(ollama.ResponseError, match="num_ctx 8192 is larger") as beyond:
+        c.generate(model=MODEL, prompt="abc", options={"num_ctx": 8192})
+    assert beyond.value.status_code == 400
     assert with_system.eval_count == 2
     assert with_system.prompt_eval_count and raw.prompt_eval_count
     assert with_system.prompt_eval_count > raw.prompt_eval_count
@@ -89,8 +93,10 @@ def test_embed_and_embeddings(gguf_server: RunningServer) -> None:
     out = c.embed(model=MODEL, input=["one", "two"])
     assert len(out.embeddings) == 2
     assert len(out.embeddings[0]) == 64
-    legacy = c.embeddings(model=MODEL, prompt="one")
-    assert legacy.embedding == pytest.approx(list(out.embeddings[0]), abs=1e-6)
+    legacy = c.embeddings(model=MODEL, prompt="one")  # Ollama's legacy API: not normalised
+    norm = math.sqrt(sum(v * v for v in legacy.embedding))
+    assert abs(sum(v * v for v in out.embeddings[0]) - 1) < 1e-4
+    assert [v / norm for v in legacy.embedding] == pytest.approx(list(out.embeddings[0]), abs=1e-5)
 
 
 def test_tags_show_ps_version_root(gguf_server: RunningServer) -> None:

@@ -108,10 +108,10 @@ def test_errors_use_openai_shape(gguf_server: RunningServer) -> None:
     with pytest.raises(openai.NotFoundError) as not_found:
         c.chat.completions.create(model="nope", messages=MESSAGES, max_tokens=1)
     assert not_found.value.code == "model_not_found"
-    with pytest.raises(openai.BadRequestError, match="n=1"):
-        c.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        c.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="n must be at most 16"):
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, n=17)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, top_logprobs=2)
     url = f"{gguf_server.url}/v1/chat/completions"
     for body in (
         b"{not json",

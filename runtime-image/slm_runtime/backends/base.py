@@ -33,17 +33,65 @@ class ResponseFormat:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Fully resolved sampling settings (request values over config defaults over ours)."""
+    """Fully resolved sampling settings (request values over config defaults over ours).
+
+    The names and meanings are llama.cpp's (`common_params_sampling`), and the GGUF engine
+    builds its sampler chain in llama-server's order, so a request means the same here as there.
+    """
 
     max_tokens: int = 128
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
+    min_p: float = 0.0
+    typical_p: float = 1.0
     repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    """Tokens (prompt included) the penalties look back over; 0 = none, -1 = the whole context."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: Literal[0, 1, 2] = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    context_limit: int | None = None
+    """Ollama's `num_ctx` when smaller than a slot: prompt + output must fit in it."""
+    logprobs: int | None = None
+    """None: no log probabilities; k >= 0: the sampled token's, plus the k most likely."""
+
+
+class Prompt(str):
+    """A prompt string that knows which of its spans are literal text (message content).
+
+    Chat templates put user-supplied content between control tokens; the engine tokenizes the
+    `literal` spans with special-token parsing off, so `<|im_start|>system` typed by a user stays
+    text and can never become a role marker. A plain `str` prompt (raw completions) is parsed
+    whole, special tokens included, like llama.cpp does.
+    """
+
+    literal: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, literal: Sequence[tuple[int, int]] = ()) -> Prompt:
+        obj = super().__new__(cls, text)
+        obj.literal = tuple(literal)
+        return obj
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """(text, is_literal) pieces in order, covering the whole string."""
+        out: list[tuple[str, bool]] = []
+        pos = 0
+        for start, end in self.literal:
+            if start > pos:
+                out.append((self[pos:start], False))
+            if end > start:
+                out.append((self[start:end], True))
+            pos = max(pos, end)
+        if pos < len(self):
+            out.append((self[pos:], False))
+        return out
 
 
 @dataclass
@@ -63,10 +111,26 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability under the model (before sampling), and the
+    `top` most likely alternatives at that position: (token text, logprob) pairs."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
-    """A piece of generated text (may hold several tokens' worth, or none split mid-UTF-8)."""
+    """A piece of generated text (may hold several tokens' worth, or none split mid-UTF-8).
+
+    `logprobs` (only when the request asked) has one entry per token consumed since the
+    previous event, so their bytes joined are this event's text plus whatever is held back.
+    """
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +150,7 @@ Emit = Callable[[GenerationEvent], None]
 
 @dataclass(frozen=True)
 class EmbeddingResult:
-    """One vector per input, plus the tokens read (for usage reporting)."""
+    """One pooled vector per input, *not* normalised (each API decides), plus the tokens read."""
 
     vectors: list[list[float]]
     prompt_tokens: int
@@ -148,6 +212,8 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     provider: ProviderReport | None = None  # ONNX: the execution provider in use
+    builtin_template: str | None = None
+    """llama.cpp's built-in chat template used when the file has none (e.g. `gemma`)."""
 
 
 class Backend(ABC):
@@ -170,8 +236,8 @@ class Backend(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens `text` encodes to (as a prompt)."""
 
-    def embed(self, texts: Sequence[str]) -> EmbeddingResult:
-        """One pooled, L2-normalised vector per text."""
+    def embed(self, texts: Sequence[str], *, truncate: bool = True) -> EmbeddingResult:
+        """One pooled vector per text (not normalised); `truncate`: cut overlong inputs."""
         from slm_runtime.errors import UnsupportedError
 
         raise UnsupportedError(f"{type(self).__name__} does not support embeddings")

@@ -19,13 +19,24 @@ Design:
   `call_soon_threadsafe`.
 * Logits are requested only for the tokens that are sampled (each running sequence's token and the
   last token of a completed prompt), so llama.cpp computes the output head for a handful of rows.
-* Each request gets its own sampler chain (logit bias, repetition penalty, grammar, top-k, top-p,
-  temperature, seeded dist — or greedy), so sequences never share RNG or penalty state.
+* Each request gets its own sampler chain, built in llama-server's order (`common_sampler_init`:
+  logit bias, penalties over the prompt and the output, top-k, typical-p, top-p, min-p,
+  temperature, seeded dist; or mirostat), so a request samples as it would on llama-server and
+  sequences never share RNG or penalty state.
+* This engine serves every GGUF deployment, `parallel: 1` included: one sampler, one loader, one
+  embedding path, so a request's answer does not depend on the slot count.
 * Slot lifecycle: free → prefill (prompt chunks) → decode (one token per step) → finished or
   cancelled → free. A finished slot keeps its KV cells and the token list that produced them; the
   next request that shares a prefix with them (same system prompt, next turn of a chat) skips
   that part of the prefill (`llama_memory_seq_rm` trims the rest). A prefix held by another slot
   is copied with `llama_memory_seq_cp`. Cancelled and failed sequences drop their cells at once.
+  A request whose prompt shares a long prefix with one still being prefilled (the `n` choices of
+  one OpenAI request, a burst of chats with one system prompt) waits for that prefill to finish
+  and then copies the cells instead of computing them again.
+* Embeddings run in a second context on the same weights, many inputs per decode (one sequence
+  each), mean-pooled when the model declares no pooling (chat models; what Ollama does).
+* Prompts rendered from a chat template (`backends.base.Prompt`) tokenize message content with
+  special-token parsing off, and a BOS the template wrote is not doubled by the tokenizer.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -54,9 +65,11 @@ from slm_runtime.backends.base import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    Prompt,
     ResponseFormat,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
 )
 from slm_runtime.backends.grammar import json_schema_gbnf
 from slm_runtime.backends.sampling import StopMatcher, Utf8Stream
@@ -69,6 +82,8 @@ T = TypeVar("T")
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _MAX_EMBED_TOKENS = 2048
+_MAX_EMBED_SEQS = 16
+"""Inputs embedded per decode of the embedding context."""
 _GATHER_S = 0.01
 """How long an idle scheduler collects arriving requests before its first step (see `_run`)."""
 _MIN_SHARED_PREFIX = 16
@@ -168,6 +183,10 @@ class _Sequence:
     generated: int = 0
     text: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopMatcher | None = None
+    ctx_limit: int = 0
+    """Tokens (prompt + output) this sequence may hold: the slot, or a smaller `num_ctx`."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Log probabilities of tokens whose text has not been sent yet (when requested)."""
     t_queued: int = 0
     t_admitted: int = 0
     t_first: int = 0
@@ -223,6 +242,7 @@ class BatchedGGUFEngine:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._eog: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._add_bos = True
+        self._suppress: list[int] = []
         self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)))
         self.kv_bytes_per_slot = 0
         self.reused_prompt_tokens = 0
@@ -282,24 +302,49 @@ class BatchedGGUFEngine:
 
     async def count_tokens(self, text: str) -> int:
         self._require_loaded()
-        return len(self._tokenize(text))
+        return len(self.tokenize_prompt(text))
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> EmbeddingResult:
         """Pooled embeddings, computed on the scheduler thread between two decode steps."""
         self._require_loaded()
-        return await self._call(lambda: self._embed(texts))
+        return await self._call(lambda: self._embed(texts, truncate=truncate))
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        """The tokens a generation prompt becomes (reads the vocabulary only; any thread).
+
+        A `Prompt` from a chat template: its literal spans (message content) are tokenized with
+        special-token parsing off, the template's own text with it on. A BOS the template wrote
+        itself is not doubled by the tokenizer's.
+        """
+        if isinstance(prompt, Prompt) and prompt.literal:
+            tokens: list[int] = []
+            for i, (text, literal) in enumerate(prompt.segments()):
+                tokens += self._tokenize(
+                    text, add_special=self._add_bos and i == 0, parse_special=not literal
+                )
+        else:
+            tokens = self._tokenize(prompt)
+        return drop_doubled_bos(tokens, self._bos_or_zero()) if self._add_bos else tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Queue `request` for a slot; yield its events. Closing the iterator early cancels it."""
         self._require_loaded()
         # Tokenising reads the vocabulary only (no OpenMP, no context), so it runs here and a
         # too-long prompt fails before the response starts.
-        prompt = self._tokenize(request.prompt) or [self._bos_or_zero()]
-        if len(prompt) >= self._settings.context_length:
+        prompt = self.tokenize_prompt(request.prompt) or [self._bos_or_zero()]
+        limit = self._settings.context_length
+        wanted = request.sampling.context_limit
+        if wanted is not None and wanted > limit:
             raise BadRequestError(
-                f"prompt is {len(prompt)} tokens; this model serves at most "
-                f"{self._settings.context_length - 1} per request",
-                param="messages",
+                f"num_ctx {wanted} is larger than this deployment's context of {limit} tokens per "
+                "request (runtime.contextLength)",
+                param="num_ctx",
+            )
+        limit = min(limit, wanted or limit)
+        if len(prompt) >= limit:
+            raise BadRequestError(
+                f"prompt is {len(prompt)} tokens; this model serves at most {limit - 1} per request",
+                param="num_ctx" if wanted else "messages",
             )
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < self._n_vocab]
         if bad:
@@ -314,6 +359,7 @@ class BatchedGGUFEngine:
             deliver=events.put_nowait,
             loop=asyncio.get_running_loop(),
             stops=StopMatcher(request.sampling.stop) if request.sampling.stop else None,
+            ctx_limit=limit,
             t_queued=time.perf_counter_ns(),
         )
         self._inbox.put(seq)
@@ -451,9 +497,20 @@ class BatchedGGUFEngine:
         self._batch = _BatchBuffer(n_batch)
         self._slots = [_Slot(seq_id=i) for i in range(s.parallel)]
         self.kv_bytes_per_slot = kv_cache_bytes_per_slot(model, s.context_length)
+        suppress_n = ctypes.c_int32(0)
+        suppress = llama_cpp.llama_vocab_get_suppress_tokens(self._vocab, ctypes.byref(suppress_n))
+        self._suppress = [int(suppress[i]) for i in range(suppress_n.value)] if suppress else []
         if self._info_loader is not None:
             return self._info_loader(model, self._vocab)
-        return _basic_info(model, self._path, self._name, self._quantization, s.context_length)
+        info = _basic_info(model, self._path, self._name, self._quantization, s.context_length)
+        if info.chat_template is None:
+            from slm_runtime.backends.templates import builtin_template_for
+
+            def single_token(text: str) -> bool:
+                return len(self._tokenize(text, add_special=False, parse_special=True)) == 1
+
+            info = replace(info, builtin_template=builtin_template_for(info.family, single_token))
+        return info
 
     def _free(self) -> None:
         import llama_cpp
@@ -471,11 +528,13 @@ class BatchedGGUFEngine:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
-    def _embed(self, texts: Sequence[str]) -> EmbeddingResult:
-        """One L2-normalised pooled vector per text, from a second context on the same weights.
+    def _embed(self, texts: Sequence[str], *, truncate: bool) -> EmbeddingResult:
+        """One pooled vector per text (not normalised), from a second context on the weights.
 
         The context is made on first use (most deployments never embed) and shares the model's
-        weights, so it costs only its own small KV cache.
+        weights, so it costs only its own small KV cache. Chat models declare no pooling type,
+        and llama.cpp then returns no pooled vector: such models are mean-pooled, like Ollama
+        does. Inputs are packed many to a decode, one sequence id each.
         """
         import llama_cpp
 
@@ -483,51 +542,72 @@ class BatchedGGUFEngine:
         if self._embed_ctx is None:
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_batch
-            cparams.n_seq_max = 1
+            cparams.n_seq_max = _MAX_EMBED_SEQS
+            cparams.kv_unified = True  # any one input may use the whole n_ctx
             cparams.n_threads = cparams.n_threads_batch = self._threads
             cparams.embeddings = True
             cparams.no_perf = True
+            declared = _meta_int(self._model, "pooling_type")
+            if declared in (None, llama_cpp.LLAMA_POOLING_TYPE_NONE):
+                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             ctx = llama_cpp.llama_init_from_model(self._model, cparams)
             if not ctx:
                 raise EngineError("llama.cpp could not create an embedding context")
             self._embed_ctx = ctx
             self._embed_batch = _BatchBuffer(n_batch)
-        batch = self._embed_batch
-        assert batch is not None
-        n_embd = llama_cpp.llama_model_n_embd(self._model)
-        vectors: list[list[float]] = []
-        total = 0
-        for text in texts:
+        inputs: list[list[int]] = []
+        for i, text in enumerate(texts):
             tokens = self._tokenize(text) or [self._bos_or_zero()]
             if len(tokens) > n_batch:
-                raise BadRequestError(f"input is {len(tokens)} tokens; at most {n_batch} can be embedded")
-            total += len(tokens)
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._embed_ctx), True)
-            batch.clear()
-            batch.add(np.asarray(tokens, dtype=np.int32), 0, 0, True)
-            batch.logits[: batch.n] = 1
-            batch.struct.n_tokens = batch.n
-            if llama_cpp.llama_decode(self._embed_ctx, batch.struct) != 0:
-                raise EngineError("embedding decode failed")
-            ptr = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, 0)
-            if not ptr:
-                raise EngineError("the model produced no pooled embedding (pooling_type none?)")
-            vec = np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
-            norm = float(np.linalg.norm(vec)) or 1.0
-            vectors.append((vec / norm).tolist())
-        return EmbeddingResult(vectors=vectors, prompt_tokens=total)
+                if not truncate:
+                    raise BadRequestError(
+                        f"input {i} is {len(tokens)} tokens; at most {n_batch} can be embedded "
+                        "(or set truncate: true)",
+                        param="input",
+                    )
+                tokens = tokens[:n_batch]
+            inputs.append(tokens)
+        n_embd = llama_cpp.llama_model_n_embd(self._model)
+        vectors: list[list[float]] = []
+        for group in pack_inputs([len(t) for t in inputs], n_batch, _MAX_EMBED_SEQS):
+            vectors += self._embed_group([inputs[i] for i in group], n_embd)
+        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(t) for t in inputs))
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _embed_group(self, inputs: list[list[int]], n_embd: int) -> list[list[float]]:
         import llama_cpp
 
+        batch = self._embed_batch
+        assert batch is not None
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._embed_ctx), True)
+        batch.clear()
+        for seq_id, tokens in enumerate(inputs):
+            batch.add(np.asarray(tokens, dtype=np.int32), 0, seq_id, True)
+        batch.logits[: batch.n] = 1
+        batch.struct.n_tokens = batch.n
+        if llama_cpp.llama_decode(self._embed_ctx, batch.struct) != 0:
+            raise EngineError("embedding decode failed")
+        out: list[list[float]] = []
+        for seq_id in range(len(inputs)):
+            ptr = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, seq_id)
+            if not ptr:
+                raise EngineError("the model produced no pooled embedding")
+            out.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64).tolist())
+        return out
+
+    def _tokenize(
+        self, text: str, *, add_special: bool | None = None, parse_special: bool = True
+    ) -> list[int]:
+        import llama_cpp
+
+        add = self._add_bos if add_special is None else add_special
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, self._add_bos, True)
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add, parse_special)
         if n < 0:
             cap = -n
             buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, self._add_bos, True)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add, parse_special)
         return list(buf[:n])
 
     def _bos_or_zero(self) -> int:
@@ -556,11 +636,15 @@ class BatchedGGUFEngine:
     def _admit(self) -> None:
         import llama_cpp
 
+        deferred: deque[_Sequence] = deque()
         while self._waiting:
             free = [s for s in self._slots if s.seq is None]
             if not free:
-                return
+                break
             seq = self._waiting.popleft()
+            if self._worth_waiting_for_prefix(seq, free):
+                deferred.append(seq)
+                continue
             try:
                 sampler = self._make_sampler(seq.request.sampling, seq.prompt, seq.grammar)
             except SlmError as exc:  # this request's problem only
@@ -578,6 +662,22 @@ class BatchedGGUFEngine:
             seq.sampler = sampler
             seq.t_admitted = time.perf_counter_ns()
             slot.seq = seq
+        if deferred:
+            deferred.extend(self._waiting)
+            self._waiting = deferred
+
+    def _worth_waiting_for_prefix(self, seq: _Sequence, free: list[_Slot]) -> bool:
+        """Whether a sequence still prefilling will soon hold a longer prefix of `seq`'s prompt
+        than any cells we could reuse now: then `seq` waits a step or two and copies them."""
+        have = max(common_prefix_len(s.tokens, seq.prompt) for s in self._slots)
+        for slot in self._slots:
+            other = slot.seq
+            if other is None or other.prefilled >= len(other.prompt):
+                continue
+            shared = min(common_prefix_len(other.prompt, seq.prompt), len(seq.prompt) - 1)
+            if shared - have >= _MIN_SHARED_PREFIX:
+                return True
+        return False
 
     def _pick_slot(self, prompt: list[int], free: list[_Slot]) -> tuple[_Slot, int]:
         """Choose the free slot to run `prompt` in and how many of its cached tokens to keep.
@@ -615,20 +715,27 @@ class BatchedGGUFEngine:
         return target, donor_len
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int], grammar: str | None) -> Any:
+        """A sampler chain in llama-server's order (`common_sampler_init`), with its defaults
+        where a parameter is off; the prompt's tokens count for the penalties, as there."""
         import llama_cpp
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if p.logit_bias:
-            items = [(int(t), float(b)) for t, b in p.logit_bias.items()]
-            arr: Any = (llama_cpp.llama_logit_bias * len(items))()
-            for i, (tok, bias) in enumerate(items):
+        biases = [(int(t), float(b)) for t, b in p.logit_bias.items()]
+        biases += [(t, float("-inf")) for t in self._suppress]
+        if biases:
+            arr: Any = (llama_cpp.llama_logit_bias * len(biases))()
+            for i, (tok, bias) in enumerate(biases):
                 arr[i].token = tok
                 arr[i].bias = bias
-            add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(items), arr))
-        if p.repeat_penalty and p.repeat_penalty != 1.0:
-            last_n = 64
-            pen = llama_cpp.llama_sampler_init_penalties(self._n_vocab, last_n, p.repeat_penalty, 0.0, 0.0)
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(biases), arr))
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        last_n = self._settings.context_length if p.repeat_last_n < 0 else p.repeat_last_n
+        penalised = p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        if p.mirostat == 0 and penalised and last_n > 0:
+            pen = llama_cpp.llama_sampler_init_penalties(
+                self._n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+            )
             for tok in prompt[-last_n:]:
                 llama_cpp.llama_sampler_accept(pen, tok)
             add(chain, pen)
@@ -638,15 +745,29 @@ class BatchedGGUFEngine:
                 llama_cpp.llama_sampler_free(chain)
                 raise BadRequestError("response_format could not be compiled to a grammar")
             add(chain, g)
+        if p.mirostat:
+            add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
+            if p.mirostat == 1:
+                miro = llama_cpp.llama_sampler_init_mirostat(
+                    self._n_vocab, seed, p.mirostat_tau, p.mirostat_eta, 100
+                )
+            else:
+                miro = llama_cpp.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta)
+            add(chain, miro)
+            return chain
         if p.temperature <= 0:
+            # llama-server keeps only the top logit at temperature 0: the same token as greedy.
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain
         if p.top_k > 0:
             add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
-        if 0 < p.top_p < 1:
-            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
-        seed = llama_cpp.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        if p.typical_p < 1.0:
+            add(chain, llama_cpp.llama_sampler_init_typical(p.typical_p, 0))
+        if p.top_p < 1.0:
+            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 0))
+        if p.min_p > 0.0:
+            add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 0))
+        add(chain, llama_cpp.llama_sampler_init_temp_ext(p.temperature, 0.0, 1.0))
         add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
@@ -701,34 +822,52 @@ class BatchedGGUFEngine:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, idx)
             if seq.t_first == 0:
                 seq.t_first = now
+            k = seq.request.sampling.logprobs
+            if k is not None and 0 <= token < self._n_vocab and not self._eog[token]:
+                row = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_logits_ith(self._ctx, idx), shape=(self._n_vocab,)
+                )
+                seq.logprobs.append(token_logprob(row, token, k, self._piece))
             self._on_token(seq, token, posts)
         self._post_all(posts)
 
     def _on_token(self, seq: _Sequence, token: int, posts: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        import llama_cpp
 
         if token < 0 or token >= self._n_vocab or self._eog[token]:
             self._finish(seq, "stop", posts)
             return
         seq.generated += 1
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
-        text = seq.text.push(self._piece_buf.raw[:n]) if n > 0 else ""
+        text = seq.text.push(self._piece(token))
         if seq.stops is not None and text:
             text, hit = seq.stops.push(text)
             if text:
-                posts.append((seq, TokenEvent(text)))
+                posts.append((seq, self._text_event(seq, text)))
             if hit:
                 self._finish(seq, "stop", posts, flush=False)
                 return
         elif text:
-            posts.append((seq, TokenEvent(text)))
+            posts.append((seq, self._text_event(seq, text)))
         slot = seq.slot
         assert slot is not None
-        out_of_room = len(slot.tokens) + 1 >= self._settings.context_length
+        out_of_room = len(slot.tokens) + 1 >= seq.ctx_limit
         if seq.generated >= seq.request.sampling.max_tokens or out_of_room:
             self._finish(seq, "length", posts)
         else:
             seq.pending = token
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+        return self._piece_buf.raw[:n] if n > 0 else b""
+
+    @staticmethod
+    def _text_event(seq: _Sequence, text: str) -> TokenEvent:
+        if not seq.logprobs:
+            return TokenEvent(text)
+        event = TokenEvent(text, tuple(seq.logprobs))
+        seq.logprobs.clear()
+        return event
 
     def _finish(
         self,
@@ -746,8 +885,8 @@ class BatchedGGUFEngine:
             if seq.stops is not None:
                 rest, _ = seq.stops.push(rest)
                 rest += seq.stops.flush()
-            if rest:
-                posts.append((seq, TokenEvent(rest)))
+            if rest or seq.logprobs:
+                posts.append((seq, self._text_event(seq, rest)))
         slot = seq.slot
         if slot is not None:
             if reason == "abort" or seq.prefilled < len(seq.prompt):
@@ -854,6 +993,47 @@ def _grammar_for(fmt: ResponseFormat) -> str | None:
         return json_schema_gbnf(fmt.schema)
     except Exception as exc:
         raise BadRequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
+
+
+def token_logprob(
+    logits: npt.NDArray[np.float32], token: int, top: int, piece: Callable[[int], bytes]
+) -> TokenLogprob:
+    """`token`'s log probability under softmax(`logits`), and the `top` most likely tokens."""
+    row = logits.astype(np.float64)
+    peak = float(row.max())
+    lse = peak + float(np.log(np.exp(row - peak).sum()))
+
+    def entry(t: int) -> tuple[str, float, tuple[int, ...]]:
+        raw = piece(t)
+        return raw.decode("utf-8", "replace"), float(row[t]) - lse, tuple(raw)
+
+    best: list[int] = []
+    if top > 0:
+        k = min(top, len(row))
+        part = np.argpartition(-row, k - 1)[:k]
+        best = [int(t) for t in part[np.argsort(-row[part], kind="stable")]]
+    text, lp, raw = entry(token)
+    return TokenLogprob(text, lp, raw, tuple(entry(t) for t in best))
+
+
+def drop_doubled_bos(tokens: list[int], bos: int) -> list[int]:
+    """The tokenizer adds a BOS; a template that wrote `bos_token` itself made a second one."""
+    if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+        return tokens[1:]
+    return tokens
+
+
+def pack_inputs(lengths: Sequence[int], max_tokens: int, max_seqs: int) -> list[list[int]]:
+    """Group input indices, in order, into decodes of at most `max_tokens` and `max_seqs` each."""
+    groups: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if not groups or used + n > max_tokens or len(groups[-1]) >= max_seqs:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

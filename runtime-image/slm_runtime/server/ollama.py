@@ -52,7 +52,41 @@ from slm_runtime.server.tools import (
 
 log = logging.getLogger(__name__)
 
-_KNOWN_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed", "repeat_penalty"})
+_LOAD_OPTIONS = frozenset(
+    {
+        "num_batch", "num_gpu", "main_gpu", "num_thread", "low_vram", "use_mmap", "use_mlock",
+        "numa", "vocab_only", "f16_kv", "logits_all", "embedding_only", "num_gqa",
+        "rope_frequency_base", "rope_frequency_scale",
+    }
+)  # fmt: skip
+"""Options Ollama applies when it loads a model; here the SLMDeployment's spec.runtime fixes them."""
+
+
+def _check_options(opts: OllamaOptions) -> None:
+    """Every option is applied (see `_request`) or refused with a 400 naming it.
+
+    `num_keep` is accepted with nothing to do: it says what to keep when the context is
+    shifted, and this runtime never shifts (a prompt that does not fit is a 400).
+    """
+    for name, value in (opts.model_extra or {}).items():
+        if value is None:
+            continue
+        if name in _LOAD_OPTIONS:
+            raise BadRequestError(
+                f"option '{name}' is fixed by the SLMDeployment (spec.runtime) and cannot be set per request",
+                param=f"options.{name}",
+            )
+        raise BadRequestError(f"unknown option '{name}'", param=f"options.{name}")
+    if opts.tfs_z is not None and opts.tfs_z != 1.0:
+        raise BadRequestError(
+            "option 'tfs_z' (tail-free sampling) was removed from llama.cpp; only 1.0 (off) is accepted",
+            param="options.tfs_z",
+        )
+    if opts.penalize_newline is False:
+        raise BadRequestError(
+            "option 'penalize_newline: false' is not supported (llama.cpp penalizes newlines like any token)",
+            param="options.penalize_newline",
+        )
 
 
 def _now() -> str:
@@ -71,9 +105,7 @@ def _request(
     service: Service, body: _OllamaGenerating, prompt: str, grammar: str | None = None
 ) -> GenerationRequest:
     opts = body.options or OllamaOptions.model_validate({})
-    ignored = sorted(k for k, v in opts.model_dump(exclude_none=True).items() if k not in _KNOWN_OPTIONS)
-    if ignored:
-        log.info("ignoring Ollama options %s (fixed by the pod's configuration)", ignored)
+    _check_options(opts)
     stop = [opts.stop] if isinstance(opts.stop, str) else opts.stop
     return GenerationRequest(
         prompt=prompt,
@@ -88,6 +120,15 @@ def _request(
             repeat_penalty=opts.repeat_penalty,
             seed=opts.seed,
             stop=stop,
+            min_p=opts.min_p,
+            typical_p=opts.typical_p,
+            repeat_last_n=opts.repeat_last_n,
+            presence_penalty=opts.presence_penalty,
+            frequency_penalty=opts.frequency_penalty,
+            mirostat=opts.mirostat,
+            mirostat_tau=opts.mirostat_tau,
+            mirostat_eta=opts.mirostat_eta,
+            context_limit=opts.num_ctx,
             response_format=_response_format(body.format),
         ),
     )
@@ -246,7 +287,7 @@ def routes(service: Service) -> list[BaseRoute]:
         body = await parse_body(request, OllamaEmbedRequest)
         service.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        result = await service.embed(texts)
+        result = await service.embed(texts, dimensions=body.dimensions, truncate=body.truncate)
         return JSONResponse(
             {
                 "model": body.model,
@@ -260,7 +301,7 @@ def routes(service: Service) -> list[BaseRoute]:
     async def embeddings(request: Request) -> Response:
         body = await parse_body(request, OllamaEmbeddingsRequest)
         service.resolve_model(body.model)
-        result = await service.embed([body.prompt])
+        result = await service.embed([body.prompt], normalize=False)  # Ollama's legacy API: raw
         return JSONResponse({"embedding": result.vectors[0]})
 
     def _details(info: ModelInfo) -> dict[str, Any]:
@@ -309,7 +350,7 @@ def routes(service: Service) -> list[BaseRoute]:
         p = service.settings.prompt
         params = [f"{k} {v}" for k, v in p.parameters.model_dump(exclude_none=True).items() if k != "stop"]
         params += [f'stop "{s}"' for s in p.parameters.stop]
-        template = p.template or info.chat_template or ""
+        template = p.template or info.chat_template or service.template_name
         return JSONResponse(
             {
                 "modelfile": f"FROM {info.path}\n",

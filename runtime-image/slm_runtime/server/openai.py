@@ -1,28 +1,37 @@
 """OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
-Streams Server-Sent Events ending with `data: [DONE]`. `n` must be 1. Log probabilities are
-not implemented: asking for them (`logprobs: true` / `logprobs: N`) is a 400 rather than a
-silently different response. Chat completions take `tools`/`tool_choice` (`server/tools.py`) and
-answer with `tool_calls`, streamed as OpenAI does: a delta with the call's `index`, `id` and
-`function.name`, then `function.arguments` in pieces.
+Streams Server-Sent Events ending with `data: [DONE]`. `n > 1` runs n sequences of one
+prompt (the engine copies the prompt's KV cells instead of computing them n times); with a
+`seed`, choice i uses seed + i. `logprobs` are the model's own log probabilities (softmax of
+the raw logits, before sampling), like OpenAI's. Chat completions take `tools`/`tool_choice`
+(`server/tools.py`) and answer with `tool_calls`, streamed as OpenAI does: a delta with the call's
+`index`, `id` and `function.name`, then `function.arguments` in pieces (each choice parses its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from slm_runtime.backends.base import FinishEvent, GenerationEvent, GenerationRequest, ResponseFormat
+from slm_runtime.backends.base import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    ResponseFormat,
+    TokenEvent,
+)
 from slm_runtime.errors import BadRequestError, SlmError
 from slm_runtime.server._common import dumps, parse_body, prepend, until_disconnect
 from slm_runtime.server.errors import error_body
@@ -69,37 +78,79 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     return out
 
 
-def _request(
-    service: Service, body: _OpenAISampling, prompt: str, max_tokens: int | None, grammar: str | None = None
-) -> GenerationRequest:
-    if body.n != 1:
-        raise BadRequestError("only n=1 is supported", param="n")
-    if body.presence_penalty or body.frequency_penalty:
-        log.info("presence/frequency penalties are not supported and were ignored")
+_MAX_N = 16
+
+
+def _requests(
+    service: Service,
+    body: _OpenAISampling,
+    prompt: str,
+    max_tokens: int | None,
+    logprobs: int | None = None,
+    *,
+    grammar: str | None = None,
+) -> list[GenerationRequest]:
+    """One generation per choice (`n`); choice i gets seed + i so seeded choices differ."""
+    if body.n > _MAX_N:
+        raise BadRequestError(f"n must be at most {_MAX_N}", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return GenerationRequest(
-        prompt=prompt,
-        grammar=grammar,
-        sampling=service.sampling(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            repeat_penalty=body.repetition_penalty,
-            seed=body.seed,
-            stop=stop,
-            logit_bias=_logit_bias(body.logit_bias),
-            response_format=_response_format(body.response_format),
-        ),
+    sampling = service.sampling(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=body.seed,
+        stop=stop,
+        logit_bias=_logit_bias(body.logit_bias),
+        response_format=_response_format(body.response_format),
+        logprobs=logprobs,
     )
+    return [
+        GenerationRequest(
+            prompt=prompt,
+            grammar=grammar,
+            sampling=sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i),
+        )
+        for i in range(body.n)
+    ]
 
 
-def _usage(finish: FinishEvent) -> dict[str, int]:
+def _chat_logprobs(events: Sequence[TokenEvent]) -> dict[str, Any]:
+    """OpenAI's chat `logprobs` object for the tokens of `events`."""
     return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.bytes),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(b)} for t, v, b in lp.top],
+            }
+            for event in events
+            for lp in event.logprobs
+        ],
+        "refusal": None,
     }
+
+
+def _completion_logprobs(events: Sequence[TokenEvent], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions `logprobs` object: parallel lists, text offsets from `offset`."""
+    tokens: list[str] = []
+    values: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    at = offset
+    for event in events:
+        for lp in event.logprobs:
+            tokens.append(lp.token)
+            values.append(lp.logprob)
+            tops.append({t: v for t, v, _ in lp.top})
+            offsets.append(at)
+            at += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _finish_reason(finish: FinishEvent) -> str:
@@ -154,80 +205,6 @@ def _tool_delta(item: StreamItem) -> dict[str, Any]:
     return {"tool_calls": [{"index": item.index, "function": {"arguments": item.text}}]}
 
 
-async def _run(
-    service: Service,
-    request: Request,
-    body: _OpenAISampling,
-    gen: GenerationRequest,
-    *,
-    obj: str,
-    whole: Callable[[str, str], dict[str, Any]],
-    delta: Callable[[str | None, str | None, bool], dict[str, Any]],
-    tool_stream: ToolStream | None = None,
-) -> Response:
-    """Shared by chat and text completions; `whole`/`delta` build the endpoint's choice objects.
-
-    With `tool_stream` (chat with tools), streamed text goes through it and comes out as content
-    and `tool_calls` deltas.
-    """
-    cid = f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    created = int(time.time())
-    model = body.model
-    if not body.stream:
-        text, finish = await until_disconnect(request, service.complete(gen))
-        return JSONResponse(
-            {
-                "id": cid,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "choices": [whole(text, _finish_reason(finish))],
-                "usage": _usage(finish),
-            }
-        )
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await until_disconnect(request, first_and_rest(service.generate(gen)))
-    chunk_obj = f"{obj}.chunk" if obj.startswith("chat") else obj
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        payload = {"id": cid, "object": chunk_obj, "created": created, "model": model, "choices": choices}
-        if include_usage and "usage" not in extra:
-            payload["usage"] = None
-        return _sse({**payload, **extra})
-
-    async def events(stream: AsyncGenerator[GenerationEvent, None]) -> AsyncIterator[str]:
-        started = False
-        async with aclosing(stream):
-            try:
-                async for event in stream:
-                    if not started and obj.startswith("chat"):
-                        yield chunk([delta("", None, True)])
-                    started = True
-                    if isinstance(event, FinishEvent):
-                        reason = _finish_reason(event)
-                        if tool_stream is not None:
-                            for item in tool_stream.finish():
-                                yield chunk([_chat_choice(_tool_delta(item))])
-                            reason = "tool_calls" if tool_stream.calls and reason != "length" else reason
-                        yield chunk([delta(None, reason, False)])
-                        if include_usage:
-                            yield chunk([], usage=_usage(event))
-                    elif event.text and tool_stream is not None:
-                        for item in tool_stream.feed(event.text):
-                            yield chunk([_chat_choice(_tool_delta(item))])
-                    elif event.text:
-                        yield chunk([delta(event.text, None, False)])
-            except SlmError as exc:  # headers are gone: report in-band, as OpenAI does
-                yield _sse(error_body(exc, "openai")[1])
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(prepend(first, rest)), media_type="text/event-stream")
-
-
-def _chat_choice(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
-
-
 def _with_tool_calls(
     service: Service, functions: list[Function], text: str, reason: str
 ) -> tuple[dict[str, Any], str]:
@@ -242,6 +219,152 @@ def _with_tool_calls(
     }, "tool_calls"
 
 
+Whole = Callable[[int, str, str, list[TokenEvent]], dict[str, Any]]
+"""(index, text, finish_reason, token events) -> a choice of the non-streamed answer."""
+Delta = Callable[[int, str | None, str | None, bool, TokenEvent | None], dict[str, Any]]
+"""(index, text, finish_reason, is_role_chunk, event) -> a choice of one streamed chunk."""
+
+
+async def _collect(service: Service, gen: GenerationRequest) -> tuple[list[TokenEvent], FinishEvent]:
+    events: list[TokenEvent] = []
+    async with aclosing(service.generate(gen)) as stream:
+        async for event in stream:
+            if isinstance(event, FinishEvent):
+                return events, event
+            events.append(event)
+    raise BadRequestError("generation ended without a result")  # pragma: no cover
+
+
+def _total_usage(finishes: Sequence[FinishEvent]) -> dict[str, int]:
+    prompt = finishes[0].prompt_tokens if finishes else 0
+    completion = sum(f.completion_tokens for f in finishes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _merged(
+    streams: list[AsyncGenerator[GenerationEvent, None]],
+) -> AsyncGenerator[tuple[int, GenerationEvent], None]:
+    """The events of several generations as they come, tagged with their choice index."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for event in only:
+                yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, GenerationEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncGenerator[GenerationEvent, None]) -> None:
+        try:
+            async with aclosing(stream):
+                async for event in stream:
+                    await queue.put((i, event))
+        except Exception as exc:
+            await queue.put((i, exc))
+        await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await queue.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _run(
+    service: Service,
+    request: Request,
+    body: _OpenAISampling,
+    gens: list[GenerationRequest],
+    *,
+    obj: str,
+    whole: Whole,
+    delta: Delta,
+    tool_stream: Callable[[], ToolStream] | None = None,
+) -> Response:
+    """Shared by chat and text completions; `whole`/`delta` build the endpoint's choice objects.
+    With `tool_stream`, each choice's text goes through its own parser (tool calls as deltas)."""
+    cid = f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    model = body.model
+    if not body.stream:
+        results = await until_disconnect(request, asyncio.gather(*(_collect(service, g) for g in gens)))
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [
+                    whole(i, "".join(e.text for e in events), _finish_reason(finish), events)
+                    for i, (events, finish) in enumerate(results)
+                ],
+                "usage": _total_usage([finish for _, finish in results]),
+            }
+        )
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    started = await until_disconnect(
+        request,
+        asyncio.gather(*(first_and_rest(service.generate(g)) for g in gens), return_exceptions=True),
+    )
+    failed = [r for r in started if isinstance(r, BaseException)]
+    opened = [r for r in started if not isinstance(r, BaseException)]
+    if failed:  # e.g. the n-th choice was refused by admission control: none of them runs
+        for _, rest in opened:
+            await rest.aclose()
+        raise failed[0]
+    chunk_obj = f"{obj}.chunk" if obj.startswith("chat") else obj
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        payload = {"id": cid, "object": chunk_obj, "created": created, "model": model, "choices": choices}
+        if include_usage and "usage" not in extra:
+            payload["usage"] = None
+        return _sse({**payload, **extra})
+
+    def tool_choice(i: int, item: StreamItem) -> dict[str, Any]:
+        return {"index": i, "delta": _tool_delta(item), "finish_reason": None, "logprobs": None}
+
+    async def events(stream: AsyncGenerator[tuple[int, GenerationEvent], None]) -> AsyncIterator[str]:
+        started: set[int] = set()
+        finishes: list[FinishEvent] = []
+        parsers: dict[int, ToolStream] = {}
+        async with aclosing(stream):
+            try:
+                async for i, event in stream:
+                    if i not in started and obj.startswith("chat"):
+                        yield chunk([delta(i, "", None, True, None)])
+                    started.add(i)
+                    parser = parsers.setdefault(i, tool_stream()) if tool_stream is not None else None
+                    if isinstance(event, FinishEvent):
+                        finishes.append(event)
+                        reason = _finish_reason(event)
+                        if parser is not None:
+                            for item in parser.finish():
+                                yield chunk([tool_choice(i, item)])
+                            reason = "tool_calls" if parser.calls and reason != "length" else reason
+                        yield chunk([delta(i, None, reason, False, None)])
+                    elif event.text and parser is not None:
+                        for item in parser.feed(event.text):
+                            yield chunk([tool_choice(i, item)])
+                    elif event.text or event.logprobs:
+                        yield chunk([delta(i, event.text, None, False, event)])
+                if include_usage:
+                    yield chunk([], usage=_total_usage(finishes))
+            except SlmError as exc:  # headers are gone: report in-band, as OpenAI does
+                yield _sse(error_body(exc, "openai")[1])
+        yield "data: [DONE]\n\n"
+
+    streams = [prepend(first, rest) for first, rest in opened]
+    return StreamingResponse(events(_merged(streams)), media_type="text/event-stream")
+
+
 def _floats_b64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
@@ -250,31 +373,35 @@ def routes(service: Service) -> list[BaseRoute]:
     async def chat_completions(request: Request) -> Response:
         body = await parse_body(request, OpenAIChatRequest)
         service.resolve_model(body.model)
-        if body.logprobs or body.top_logprobs:
-            raise BadRequestError("logprobs are not supported", param="logprobs")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise BadRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         functions = parse_functions(body.tools)
         choice = parse_tool_choice(body.tool_choice, functions)
         prompt = service.render_chat(chat_messages(body), tools=functions, tool_choice=choice)
         grammar = service.tool_grammar(functions, choice)
-        gen = _request(service, body, prompt, body.max_completion_tokens or body.max_tokens, grammar)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        gens = _requests(
+            service, body, prompt, body.max_completion_tokens or body.max_tokens, k, grammar=grammar
+        )
         calling = choice.mode != "none"
 
-        def whole(text: str, reason: str) -> dict[str, Any]:
+        def whole(i: int, text: str, reason: str, events: list[TokenEvent]) -> dict[str, Any]:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if calling:
                 message, reason = _with_tool_calls(service, functions, text, reason)
-            return {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
+            logprobs = _chat_logprobs(events) if k is not None else None
+            return {"index": i, "message": message, "finish_reason": reason, "logprobs": logprobs}
 
         return await _run(
             service,
             request,
             body,
-            gen,
+            gens,
             obj="chat.completion",
             whole=whole,
-            tool_stream=ToolStream(service.tool_format, functions) if calling else None,
-            delta=lambda text, reason, role: {
-                "index": 0,
+            tool_stream=(lambda: ToolStream(service.tool_format, functions)) if calling else None,
+            delta=lambda i, text, reason, role, event: {
+                "index": i,
                 "delta": (
                     {"role": "assistant", "content": ""}
                     if role
@@ -283,37 +410,40 @@ def routes(service: Service) -> list[BaseRoute]:
                     else {"content": text}
                 ),
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _chat_logprobs([event]) if k is not None and event is not None else None,
             },
         )
 
     async def completions(request: Request) -> Response:
         body = await parse_body(request, OpenAICompletionRequest)
         service.resolve_model(body.model)
-        if body.logprobs:
-            raise BadRequestError("logprobs are not supported", param="logprobs")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise BadRequestError("exactly one prompt is supported", param="prompt")
-        gen = _request(service, body, prompts[0], body.max_tokens or 16)  # OpenAI's default is 16
+        k = body.logprobs
+        if k is not None and body.echo:
+            raise BadRequestError(
+                "logprobs with echo (prompt log probabilities) is not supported", param="echo"
+            )
+        gens = _requests(service, body, prompts[0], body.max_tokens or 16, k)  # OpenAI's default is 16
         echo = prompts[0] if body.echo else ""
         return await _run(
             service,
             request,
             body,
-            gen,
+            gens,
             obj="text_completion",
-            whole=lambda text, reason: {
-                "index": 0,
+            whole=lambda i, text, reason, events: {
+                "index": i,
                 "text": echo + text,
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _completion_logprobs(events) if k is not None else None,
             },
-            delta=lambda text, reason, role: {
-                "index": 0,
+            delta=lambda i, text, reason, role, event: {
+                "index": i,
                 "text": text or "",
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": _completion_logprobs([event]) if k is not None and event is not None else None,
             },
         )
 
@@ -321,7 +451,7 @@ def routes(service: Service) -> list[BaseRoute]:
         body = await parse_body(request, OpenAIEmbeddingRequest)
         service.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        result = await service.embed(texts)
+        result = await service.embed(texts, dimensions=body.dimensions)
         data = [
             {
                 "object": "embedding",

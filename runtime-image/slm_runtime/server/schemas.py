@@ -88,10 +88,10 @@ class _OpenAISampling(_Body):
     repetition_penalty: float | None = Field(
         None, gt=0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
     )  # vLLM's name; llama.cpp's server calls it repeat_penalty
-    min_p: float | None = Field(None, ge=0, le=0)  # llama.cpp's; only the no-op 0 until min-p sampling lands
+    min_p: float | None = Field(None, ge=0, le=1)  # not OpenAI; llama.cpp and vLLM accept it
     logit_bias: dict[str, float] | None = None
     response_format: OpenAIResponseFormat | None = None
-    user: Ignored = None
+    user: Ignored = None  # accepted; only for the caller's own bookkeeping
     metadata: Ignored = None
     store: Ignored = None
     service_tier: Ignored = None
@@ -101,7 +101,7 @@ class OpenAIChatRequest(_OpenAISampling):
     messages: list[OpenAIMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -112,7 +112,7 @@ class OpenAIChatRequest(_OpenAISampling):
 
 class OpenAICompletionRequest(_OpenAISampling):
     prompt: str | list[str]
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
 
 
@@ -135,11 +135,22 @@ class OllamaOptions(BaseModel):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, gt=0, le=1)
     num_predict: int | None = Field(None, ge=-2)
     stop: list[str] | str | None = None
     seed: int | None = None
-    repeat_penalty: float | None = Field(None, ge=0)
-    num_ctx: int | None = None
+    repeat_penalty: float | None = Field(None, gt=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    num_ctx: int | None = Field(None, ge=1)
+    num_keep: int | None = None
+    penalize_newline: bool | None = None
+    tfs_z: float | None = None
 
 
 class _OllamaBase(_Body):
@@ -206,6 +217,7 @@ class OllamaChatRequest(_OllamaGenerating):
 class OllamaEmbedRequest(_OllamaBase):
     input: str | list[str]
     truncate: bool = True
+    dimensions: int | None = None
 
 
 class OllamaEmbeddingsRequest(_OllamaBase):

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, cast
 
 from slm_runtime.backends.base import (
     EmbeddingResult,
@@ -24,8 +24,9 @@ from slm_runtime.backends.base import (
     SamplingParams,
     TokenEvent,
 )
-from slm_runtime.backends.templates import CHATML_TEMPLATE, ChatTemplate
+from slm_runtime.backends.templates import CHATML_TEMPLATE, BuiltinChatTemplate, ChatTemplate
 from slm_runtime.config import RuntimeConfig
+from slm_runtime.embeddings import finish_vectors
 from slm_runtime.engine import Engine
 from slm_runtime.errors import (
     BadRequestError,
@@ -62,7 +63,7 @@ class Service:
         self.metrics.track_limiter(lambda: self.limiter.running, lambda: self.limiter.waiting)
         engine.add_observer(self.metrics.on_finish)
         self.load_error: str | None = None
-        self._template: ChatTemplate | None = None
+        self._template: ChatTemplate | BuiltinChatTemplate | None = None
         self.tool_format: ToolFormat = GENERIC
         self._load_task: asyncio.Task[None] | None = None
 
@@ -82,10 +83,16 @@ class Service:
             log.error("model failed to load: %s", exc)
             return
         info = self.info
-        source = self.settings.prompt.template or info.chat_template or CHATML_TEMPLATE
+        source = self.settings.prompt.template or info.chat_template
         try:
-            self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
-            self.tool_format = detect_format(source)
+            if source is None and info.builtin_template:  # a GGUF without a template: llama.cpp's
+                # (C++, reads only role and content): tools go through the generic format
+                self._template = BuiltinChatTemplate(info.builtin_template)
+                self.tool_format = GENERIC
+            else:
+                source = source or CHATML_TEMPLATE
+                self._template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+                self.tool_format = detect_format(source)
         except TemplateError as exc:
             self.load_error = str(exc)
             log.error("cannot use the chat template: %s", exc)
@@ -130,6 +137,15 @@ class Service:
                 f"model '{name}' not found; this server serves '{served}'", param="model"
             )
         return self.info
+
+    @property
+    def template_name(self) -> str:
+        """The built-in template in use (`gemma`, ...), or `gguf` / `config` / `chatml`."""
+        if isinstance(self._template, BuiltinChatTemplate):
+            return self._template.name
+        if self.settings.prompt.template:
+            return "config"
+        return "gguf" if self.engine.info and self.engine.info.chat_template else "chatml"
 
     def render_chat(
         self,
@@ -185,6 +201,16 @@ class Service:
         top_k: int | None = None,
         repeat_penalty: float | None = None,
         seed: int | None = None,
+        min_p: float | None = None,
+        typical_p: float | None = None,
+        repeat_last_n: int | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        mirostat: int | None = None,
+        mirostat_tau: float | None = None,
+        mirostat_eta: float | None = None,
+        context_limit: int | None = None,
+        logprobs: int | None = None,
         stop: Sequence[str] | None = None,
         logit_bias: Mapping[int, float] | None = None,
         response_format: ResponseFormat | None = None,
@@ -213,6 +239,16 @@ class Service:
             top_k=int(pick(top_k, d.top_k, base.top_k)),
             repeat_penalty=float(pick(repeat_penalty, d.repeat_penalty, base.repeat_penalty)),
             seed=pick(seed, d.seed, None),
+            min_p=float(pick(min_p, None, base.min_p)),
+            typical_p=float(pick(typical_p, None, base.typical_p)),
+            repeat_last_n=int(pick(repeat_last_n, None, base.repeat_last_n)),
+            presence_penalty=float(pick(presence_penalty, None, base.presence_penalty)),
+            frequency_penalty=float(pick(frequency_penalty, None, base.frequency_penalty)),
+            mirostat=cast(Literal[0, 1, 2], int(pick(mirostat, None, base.mirostat))),
+            mirostat_tau=float(pick(mirostat_tau, None, base.mirostat_tau)),
+            mirostat_eta=float(pick(mirostat_eta, None, base.mirostat_eta)),
+            context_limit=context_limit,
+            logprobs=logprobs,
             stop=tuple(stop if stop is not None else d.stop),
             logit_bias=dict(logit_bias or {}),
             response_format=fmt,
@@ -251,14 +287,36 @@ class Service:
         finally:
             await slot.__aexit__(None, None, None)
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
-        """Embeddings (not admission-limited: short, and they queue on the decode thread)."""
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> EmbeddingResult:
+        """Embeddings, admitted like generations (they share the decode thread and the CPU);
+        normalised and cut to `dimensions` as the calling API promises."""
         self.info  # noqa: B018 -- 503 while loading
         if not self.engine.capabilities.embeddings:
             raise UnsupportedError("this model's backend does not support embeddings")
         if not texts:
             raise BadRequestError("input must not be empty", param="input")
-        return await self.engine.embed(texts)
+        try:
+            slot = self.limiter.slot()
+            await slot.__aenter__()
+        except OverloadedError:
+            self.metrics.rejected("overloaded")
+            raise
+        except NotReadyError:
+            self.metrics.rejected("draining")
+            raise
+        try:
+            result = await self.engine.embed(texts, truncate=truncate)
+        finally:
+            await slot.__aexit__(None, None, None)
+        vectors = finish_vectors(result.vectors, normalize=normalize, dimensions=dimensions)
+        return replace(result, vectors=vectors)
 
     async def complete(self, request: GenerationRequest) -> tuple[str, FinishEvent]:
         """Non-streaming helper: the whole text and the finish event."""
