@@ -32,7 +32,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,9 @@ SYSTEM = (
 
 
 def model_path() -> Path:
-    out = subprocess.run(["bash", str(ROOT / "hack" / "fetch-models.sh")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "fetch-models.sh")], capture_output=True, text=True, check=True
+    )
     return Path(out.stdout.strip().splitlines()[-1]) / SMOLLM2
 
 
@@ -102,13 +103,29 @@ def start_runtime(model: Path, work: Path, threads: int, parallel: int) -> Proc:
         yaml.safe_dump(
             {
                 "model": {"name": MODEL, "path": str(model)},
-                "runtime": {"threads": threads, "parallel": parallel, "contextLength": 4096, "batchSize": 512},
+                "runtime": {
+                    "threads": threads,
+                    "parallel": parallel,
+                    "contextLength": 4096,
+                    "batchSize": 512,
+                },
                 "limits": {"queueLength": 256},
             }
         )
     )
     popen = subprocess.Popen(
-        [str(BIN / "slm-runtime"), "--log-level", "WARNING", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+        [
+            str(BIN / "slm-runtime"),
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, popen)
@@ -148,7 +165,9 @@ class Result:
         return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-async def stream_chat(client: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int, str]:
+async def stream_chat(
+    client: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[float, int, str]:
     """TTFT (first content token) in seconds, tokens streamed, and the text."""
     body = {
         "model": MODEL,
@@ -255,13 +274,19 @@ def main() -> int:
         gw_two = start_gateway([pod_a.url, pod_b.url], work)
         procs += [gw_one, gw_two]
         asyncio.run(closed_loop(pod_a.url, 4, 8, 4, seed=0))  # warm up
-        print(f"# overhead: {args.tokens} tokens/request, unique prompts, {args.rounds} rounds each", flush=True)
+        print(
+            f"# overhead: {args.tokens} tokens/request, unique prompts, {args.rounds} rounds each", flush=True
+        )
         overhead: dict[int, tuple[Result, Result]] = {}
         for c in (1, 32):
             n = max(8, c * 2) if not args.quick else max(4, c)
             direct, through = Result(), Result()
             for r in range(args.rounds):
-                for url, acc in ((pod_a.url, direct), (gw_one.url, through)) if r % 2 == 0 else ((gw_one.url, through), (pod_a.url, direct)):
+                for url, acc in (
+                    ((pod_a.url, direct), (gw_one.url, through))
+                    if r % 2 == 0
+                    else ((gw_one.url, through), (pod_a.url, direct))
+                ):
                     got = asyncio.run(closed_loop(url, c, n, args.tokens, seed=c * 100 + r))
                     acc.ttft += got.ttft
                     acc.tokens += got.tokens
@@ -270,19 +295,30 @@ def main() -> int:
             print(
                 f"c={c:<3} direct  {direct.tps():7.1f} tok/s  ttft p50 {direct.p(0.5) * 1000:7.1f} ms | "
                 f"gateway {through.tps():7.1f} tok/s  ttft p50 {through.p(0.5) * 1000:7.1f} ms | "
-                f"ratio {through.tps() / direct.tps():.3f}  added ttft p50 {(through.p(0.5) - direct.p(0.5)) * 1000:+.1f} ms",
+                f"ratio {through.tps() / direct.tps():.3f}  "
+                f"added ttft p50 {(through.p(0.5) - direct.p(0.5)) * 1000:+.1f} ms",
                 flush=True,
             )
-        print(f"# routing: {args.conversations} conversations x {args.turns} turns, ~400-token system prompt, 2 pods", flush=True)
-        rr = asyncio.run(conversations([pod_a.url, pod_b.url], args.conversations, args.turns, args.tokens, seed=1))
+        print(
+            f"# routing: {args.conversations} conversations x {args.turns} turns, "
+            "~400-token system prompt, 2 pods",
+            flush=True,
+        )
+        rr = asyncio.run(
+            conversations([pod_a.url, pod_b.url], args.conversations, args.turns, args.tokens, seed=1)
+        )
         gw = asyncio.run(conversations([gw_two.url], args.conversations, args.turns, args.tokens, seed=2))
         hit, miss = affinity_hits(gw_two.url)
         for name, res in (("round-robin", rr), ("gateway", gw)):
             print(
-                f"{name:<12} ttft p50 {res.p(0.5) * 1000:7.1f} ms  p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s",
+                f"{name:<12} ttft p50 {res.p(0.5) * 1000:7.1f} ms  "
+                f"p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s",
                 flush=True,
             )
-        print(f"gateway prefix-affinity picks: {hit:.0f} hit, {miss:.0f} miss ({hit / max(1.0, hit + miss):.0%})")
+        print(
+            f"gateway prefix-affinity picks: {hit:.0f} hit, {miss:.0f} miss "
+            f"({hit / max(1.0, hit + miss):.0%})"
+        )
         direct32, through32 = overhead[32]
         direct1, through1 = overhead[1]
         print(f"overhead_throughput_ratio_c1={through1.tps() / direct1.tps():.3f}")

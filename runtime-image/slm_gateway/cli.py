@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> GatewayConfig:
-    config = GatewayConfig.from_file(args.config) if args.config else GatewayConfig()
+    config = GatewayConfig.from_file(args.config) if args.config else GatewayConfig.model_validate({})
     data = config.model_dump(by_alias=True)
     if args.keys_file:
         data["keysFile"] = args.keys_file

@@ -33,7 +33,7 @@ class EndpointState:
 
 def eject_seconds(base: float, failures: int) -> float:
     """Back-off for an endpoint that failed `failures` times in a row: doubling, at most 8 times `base`."""
-    return base * (2 ** min(max(failures - 1, 0), 3))
+    return base * float(1 << min(max(failures - 1, 0), 3))
 
 
 @dataclass

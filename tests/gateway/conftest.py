@@ -66,7 +66,9 @@ class Served:
 
     def metric(self, name: str, **labels: str) -> float:
         for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            if line.startswith((name + "{", name + " ")) and all(
+                f'{k}="{v}"' in line for k, v in labels.items()
+            ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
@@ -102,7 +104,10 @@ class Fleet:
 @pytest.fixture(scope="session")
 def fleet(tiny_gguf: Path) -> Iterator[Fleet]:
     """Two replicas of model `alpha` and one of `beta` (the tiny model under two names)."""
-    servers = Fleet([serve_runtime(tiny_gguf, "alpha"), serve_runtime(tiny_gguf, "alpha")], serve_runtime(tiny_gguf, "beta"))
+    servers = Fleet(
+        [serve_runtime(tiny_gguf, "alpha"), serve_runtime(tiny_gguf, "alpha")],
+        serve_runtime(tiny_gguf, "beta"),
+    )
     yield servers
     for s in [*servers.alpha, servers.beta]:
         s.stop()
@@ -138,7 +143,9 @@ def gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
     """`gateway(deployments=[...], keys=[...], **config)` starts a gateway in static mode."""
     running: list[Served] = []
 
-    def start(*, keys: list[dict[str, Any]] | None = None, background: bool = False, **config: Any) -> RunningGateway:
+    def start(
+        *, keys: list[dict[str, Any]] | None = None, background: bool = False, **config: Any
+    ) -> RunningGateway:
         audit_path = tmp_path / f"audit-{len(running)}.jsonl"
         data: dict[str, Any] = {"audit": {"stdout": False, "file": str(audit_path)}, **config}
         if keys is not None:
@@ -169,7 +176,11 @@ class Script:
 
 def scripted_upstream(script: Script, model: str = "alpha") -> Starlette:
     def chunk(text: str) -> bytes:
-        obj = {"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": text}}]}
+        obj = {
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": text}}],
+        }
         return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
     async def chat(request: Request) -> Response:

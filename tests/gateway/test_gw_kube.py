@@ -7,7 +7,9 @@ from typing import Any
 from slm_gateway.kube import deployments_from, ready_urls
 
 
-def slmd(name: str, model: str, *, ns: str = "demo", hardware: str | None = None, **extra: Any) -> dict[str, Any]:
+def slmd(
+    name: str, model: str, *, ns: str = "demo", hardware: str | None = None, **extra: Any
+) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "metadata": {"name": name, "namespace": ns, **extra.pop("meta", {})},
         "spec": {"model": {"name": model}, **extra},
@@ -19,7 +21,11 @@ def slmd(name: str, model: str, *, ns: str = "demo", hardware: str | None = None
 
 def eps(service: str, *addresses: tuple[str, bool], ns: str = "demo", port: int = 8080) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"{service}-abc", "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+        "metadata": {
+            "name": f"{service}-abc",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service},
+        },
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": [{"addresses": [a], "conditions": {"ready": r}} for a, r in addresses],
     }
@@ -30,7 +36,12 @@ def test_each_slmd_gets_its_ready_pods_priority_and_capacity() -> None:
         [
             slmd("phi-gpu", "phi4-mini", hardware="gpu", runtime={"parallel": 8}),
             slmd("phi-cpu", "phi4-mini", hardware="cpu"),
-            slmd("tiny", "tiny", meta={"annotations": {"slm.dev/gateway-priority": "50"}}, auth={"apiKeySecretRef": {"name": "k"}}),
+            slmd(
+                "tiny",
+                "tiny",
+                meta={"annotations": {"slm.dev/gateway-priority": "50"}},
+                auth={"apiKeySecretRef": {"name": "k"}},
+            ),
             slmd("other-ns", "tiny", ns="prod"),
         ],
         [

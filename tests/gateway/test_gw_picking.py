@@ -10,7 +10,14 @@ from slm_gateway.picking import AffinityTable, Candidate, effective_load, load_b
 
 
 def c(url: str, load: int = 0, priority: int = 0, capacity: int = 4, healthy: bool = True) -> Candidate:
-    return Candidate(url=url, deployment=url.split("-")[0], priority=priority, capacity=capacity, load=load, healthy=healthy)
+    return Candidate(
+        url=url,
+        deployment=url.split("-", maxsplit=1)[0],
+        priority=priority,
+        capacity=capacity,
+        load=load,
+        healthy=healthy,
+    )
 
 
 def first(cands: list[Candidate], matches: dict[str, int] | None = None, tiebreak: int = 7) -> str:

@@ -58,11 +58,21 @@ def test_one_endpoint_serves_both_models_to_both_clients(gw: RunningGateway) -> 
     )
     chunks = list(streamed)
     assert chunks and all(c.usage is None for c in chunks)  # the client did not ask for usage
-    pieces = list(oll(gw).chat(model="alpha", messages=[{"role": "user", "content": "hi"}], stream=True, options={"num_predict": 5}))
+    pieces = list(
+        oll(gw).chat(
+            model="alpha",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            options={"num_predict": 5},
+        )
+    )
     assert pieces[-1]["done"] and 1 <= pieces[-1]["eval_count"] <= 5
     lines = gw.wait_audit(6)
     assert {(line["model"], line["api"]) for line in lines} == {
-        ("alpha", "openai"), ("beta", "openai"), ("alpha", "ollama"), ("beta", "ollama")
+        ("alpha", "openai"),
+        ("beta", "openai"),
+        ("alpha", "ollama"),
+        ("beta", "ollama"),
     }
     for line in lines:
         assert line["status"] == 200 and line["key_id"] == "full"
@@ -112,10 +122,14 @@ def test_unknown_model_is_a_404_in_each_api(gw: RunningGateway) -> None:
 
 def test_keys_refuse_missing_wrong_and_other_models(gw: RunningGateway) -> None:
     with pytest.raises(openai.AuthenticationError):
-        oai(gw, "sk-wrong-0123456789").chat.completions.create(model="alpha", messages=[{"role": "user", "content": "x"}])
+        oai(gw, "sk-wrong-0123456789").chat.completions.create(
+            model="alpha", messages=[{"role": "user", "content": "x"}]
+        )
     r = httpx.post(f"{gw.url}/api/chat", json={"model": "alpha", "messages": []})
     assert r.status_code == 401 and r.json() == {"error": "missing API key"}
-    ok = oai(gw, ALPHA_ONLY).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    ok = oai(gw, ALPHA_ONLY).chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
     assert ok.choices[0].finish_reason in ("length", "stop")
     with pytest.raises(openai.PermissionDeniedError) as err:
         oai(gw, ALPHA_ONLY).chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}])
@@ -131,14 +145,28 @@ def test_keys_refuse_missing_wrong_and_other_models(gw: RunningGateway) -> None:
 
 def test_request_quota_gives_429_with_retry_after_in_each_api(gw: RunningGateway) -> None:
     for _ in range(2):
-        oai(gw, LIMITED).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+        oai(gw, LIMITED).chat.completions.create(
+            model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
     with pytest.raises(openai.RateLimitError) as err:
-        oai(gw, LIMITED).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+        oai(gw, LIMITED).chat.completions.create(
+            model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
     assert int(err.value.response.headers["retry-after"]) >= 1
     assert err.value.code == "rate_limit_exceeded"
-    r = httpx.post(f"{gw.url}/api/generate", json={"model": "alpha", "prompt": "x"}, headers={"Authorization": f"Bearer {LIMITED}"})
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "requests per minute" in r.json()["error"]
-    assert oai(gw).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    r = httpx.post(
+        f"{gw.url}/api/generate",
+        json={"model": "alpha", "prompt": "x"},
+        headers={"Authorization": f"Bearer {LIMITED}"},
+    )
+    assert (
+        r.status_code == 429
+        and int(r.headers["retry-after"]) >= 1
+        and "requests per minute" in r.json()["error"]
+    )
+    assert oai(gw).chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": "x"}], max_tokens=1
+    )
     text = httpx.get(f"{gw.url}/metrics").text
     assert 'slm_gateway_refused_total{key_id="limited",reason="requests"} 2.0' in text
     assert 'slm_gateway_requests_total{key_id="limited",model="alpha",status="200"} 2.0' in text
@@ -153,7 +181,9 @@ def test_token_quota_counts_streamed_tokens(gateway: GatewayFactory, fleet: Flee
     line = gw.wait_audit(1)[0]
     assert line["prompt_tokens"] > 30  # over the allowance: the next request waits
     with pytest.raises(openai.RateLimitError) as err:
-        oai(gw, LIMITED).chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+        oai(gw, LIMITED).chat.completions.create(
+            model="beta", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
     assert "tokens per minute" in err.value.message
 
 
@@ -239,7 +269,9 @@ def test_a_failure_before_the_first_byte_is_retried_once_on_another_endpoint(gat
     ups = [Served(scripted_upstream(s)) for s in scripts]
     try:
         gw = gateway(deployments=two_tiers(ups))
-        r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "alpha", "messages": [], "stream": True})
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions", json={"model": "alpha", "messages": [], "stream": True}
+        )
         assert r.status_code == 200 and "last" in r.text
         assert (scripts[0].hits, scripts[1].hits) == (1, 1)  # the 503 first, then the other one
         line = gw.wait_audit(1)[0]
@@ -258,7 +290,9 @@ def test_a_failure_after_the_first_byte_is_not_retried(gateway: GatewayFactory) 
         with (
             contextlib.suppress(httpx.HTTPError),
             httpx.stream(
-                "POST", f"{gw.url}/v1/chat/completions", json={"model": "alpha", "messages": [], "stream": True}
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                json={"model": "alpha", "messages": [], "stream": True},
             ) as r,
         ):
             for part in r.iter_raw():
@@ -279,7 +313,12 @@ def test_streams_pass_through_without_buffering(gateway: GatewayFactory) -> None
     try:
         gw = gateway(deployments=[{"name": "a", "model": "alpha", "endpoints": [up.url]}])
         seen: list[str] = []
-        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json={"model": "alpha", "messages": [], "stream": True}, timeout=60) as r:
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "alpha", "messages": [], "stream": True},
+            timeout=60,
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     seen.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
@@ -289,7 +328,9 @@ def test_streams_pass_through_without_buffering(gateway: GatewayFactory) -> None
         up.stop()
 
 
-def test_a_client_that_disconnects_cancels_the_generation_upstream(gateway: GatewayFactory, tiny_gguf: Any) -> None:
+def test_a_client_that_disconnects_cancels_the_generation_upstream(
+    gateway: GatewayFactory, tiny_gguf: Any
+) -> None:
     from .conftest import serve_runtime
 
     pod = serve_runtime(tiny_gguf, "alpha", parallel=1, context=32768)
@@ -300,7 +341,10 @@ def test_a_client_that_disconnects_cancels_the_generation_upstream(gateway: Gate
             for _ in r.iter_lines():
                 break  # got the first token: leave
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and pod.metric("vllm:request_success_total", finished_reason="abort") < 1:
+        while (
+            time.monotonic() < deadline
+            and pod.metric("vllm:request_success_total", finished_reason="abort") < 1
+        ):
             time.sleep(0.05)
         assert pod.metric("vllm:request_success_total", finished_reason="abort") == 1
         assert pod.metric("vllm:num_requests_running") == 0

@@ -18,10 +18,19 @@ NODE = {
 
 def _policy(gateway_namespace: str | None, **spec: object) -> dict[str, object]:
     the_spec = SLMDeploymentSpec.model_validate(
-        {"model": {"name": "m", "parameters": 0.1, "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf"}]}, **spec}
+        {
+            "model": {
+                "name": "m",
+                "parameters": 0.1,
+                "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf"}],
+            },
+            **spec,
+        }
     )
     placement: Placement = place(the_spec, [NODE])
-    ctx = RenderContext(name="demo", namespace="ns", spec=the_spec, placement=placement, gateway_namespace=gateway_namespace)
+    ctx = RenderContext(
+        name="demo", namespace="ns", spec=the_spec, placement=placement, gateway_namespace=gateway_namespace
+    )
     return next(o for o in render_all(ctx) if o["kind"] == "NetworkPolicy")["spec"]  # type: ignore[no-any-return]
 
 
@@ -42,10 +51,15 @@ def test_gateway_pods_of_their_namespace_are_admitted_beside_the_clients() -> No
 
 
 def test_with_restricted_clients_the_gateway_rule_is_still_there() -> None:
-    ingress = _policy("gw", networking={"allowedClients": [{"podSelector": {"matchLabels": {"app": "x"}}}]})["ingress"]
+    ingress = _policy("gw", networking={"allowedClients": [{"podSelector": {"matchLabels": {"app": "x"}}}]})[
+        "ingress"
+    ]
     froms = [rule["from"] for rule in ingress]  # type: ignore[index]
     assert [{"podSelector": {"matchLabels": {"app": "x"}}}] in froms
-    assert any(peer[0].get("podSelector") == {"matchLabels": {"app.kubernetes.io/name": "slm-gateway"}} for peer in froms)
+    assert any(
+        peer[0].get("podSelector") == {"matchLabels": {"app.kubernetes.io/name": "slm-gateway"}}
+        for peer in froms
+    )
 
 
 def test_no_gateway_namespace_no_rule() -> None:
