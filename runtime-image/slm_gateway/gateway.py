@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import anyio
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from slm_gateway.access import ApiKey, KeyFile, presented_key
 from slm_gateway.audit import AuditLog, AuditRecord, now_iso
@@ -95,6 +96,23 @@ async def json_body(request: Request) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     return raw, body
+
+
+class PassThrough(StreamingResponse):
+    """A streamed answer whose body iterator is closed when the response ends, however it ends.
+
+    Starlette stops iterating when the client goes away but leaves closing the iterator to the
+    garbage collector; closing it here closes the upstream stream at once, and the pod stops.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            iterator = self.body_iterator
+            if isinstance(iterator, AsyncGenerator):
+                with anyio.CancelScope(shield=True):
+                    await iterator.aclose()
 
 
 @dataclass
@@ -245,7 +263,7 @@ class Gateway:
             content = await self._whole(call, upstream, state)
             return Response(content, status_code=upstream.status_code, media_type=ctype, headers=headers)
         tap = StreamTap(kind, drop_usage_chunk=drop_usage, keep_text=self.config.audit.log_content)  # type: ignore[arg-type]
-        return StreamingResponse(
+        return PassThrough(
             self._passthrough(call, upstream, state, tap),
             status_code=upstream.status_code,
             media_type=ctype,
@@ -278,7 +296,7 @@ class Gateway:
 
     async def _passthrough(
         self, call: Call, upstream: httpx.Response, state: EndpointState, tap: StreamTap
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Each upstream event as it arrives; closing this (client gone) closes the upstream stream."""
         record = call.record
         try:

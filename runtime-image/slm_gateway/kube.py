@@ -178,7 +178,7 @@ class KubeSource:
                         table[(item["metadata"].get("namespace", ""), item["metadata"]["name"])] = item
                     self._seen[kind] = True
                 self._publish(core)
-                for event in watch.Watch().stream(lister, resource_version=version, timeout_seconds=300):
+                for event in watch.Watch().stream(lister, resource_version=version, timeout_seconds=60):
                     if self._stop.is_set():
                         return
                     obj = event["object"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from test_chart import NAMESPACE, is_gateway, render, rules_of  # noqa: E402
+from test_chart import NAMESPACE, is_gateway, render, rules_of
 
 
 def gateway(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -34,7 +34,9 @@ def test_gateway_is_on_by_default_and_serves_from_the_runtime_image(tmp_path: Pa
     assert pod["serviceAccountName"] == sa["metadata"]["name"] == "slm-operator-gateway"
     (service,) = gateway(docs, "Service")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
     # the model pods' NetworkPolicies admit pods with this label (operator render/network.py)
     assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "slm-gateway"
 
@@ -52,7 +54,9 @@ def test_gateway_rbac_is_read_only(tmp_path: Path) -> None:
         ("", "secrets", "get"),
     }
     (binding,) = gateway(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slm-operator-gateway", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "slm-operator-gateway", "namespace": NAMESPACE}
+    ]
 
 
 def test_watched_namespaces_get_roles_and_flags(tmp_path: Path) -> None:
@@ -60,12 +64,19 @@ def test_watched_namespaces_get_roles_and_flags(tmp_path: Path) -> None:
     assert not gateway(docs, "ClusterRole")
     assert {r["metadata"]["namespace"] for r in gateway(docs, "Role")} == {"models", "staging"}
     assert {b["metadata"]["namespace"] for b in gateway(docs, "RoleBinding")} == {"models", "staging"}
-    assert container(docs)["args"] == ["--kubernetes", "--namespace=models", "--namespace=staging", "--port=8080"]
+    assert container(docs)["args"] == [
+        "--kubernetes",
+        "--namespace=models",
+        "--namespace=staging",
+        "--port=8080",
+    ]
 
 
 def test_keys_secret_is_mounted_and_clients_are_restricted(tmp_path: Path) -> None:
     peer = {"namespaceSelector": {"matchLabels": {"team": "apps"}}}
-    docs = render({"gateway": {"keysSecret": "gw-keys", "allowedClients": [peer], "auditLogContent": True}}, tmp_path)
+    docs = render(
+        {"gateway": {"keysSecret": "gw-keys", "allowedClients": [peer], "auditLogContent": True}}, tmp_path
+    )
     c = container(docs)
     assert "--keys-file=/etc/slm-gateway/keys/keys.yaml" in c["args"] and "--audit-log-content" in c["args"]
     assert {"name": "keys", "mountPath": "/etc/slm-gateway/keys", "readOnly": True} in c["volumeMounts"]
