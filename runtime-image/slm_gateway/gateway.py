@@ -247,10 +247,11 @@ class Gateway:
         )
         if not order:
             raise NoEndpointError(f"model '{model}' has no endpoint right now")
-        upstream, chosen = await self.send(call, raw, model, order[:2])
+        # States are taken now: in Kubernetes mode an endpoint may leave the fleet mid-request.
+        tries = [(c, self.fleet.endpoints[c.url]) for c in order[:2]]
+        upstream, chosen, state = await self.send(call, raw, model, tries)
         self.fleet.affinity.record(chain, chosen.url)
         self.metrics.affinity.labels(model, "hit" if matches.get(chosen.url) else "miss").inc()
-        state = self.fleet.endpoints[chosen.url]
         record.deployment, record.endpoint, record.status = (
             chosen.deployment,
             chosen.url,
@@ -334,12 +335,11 @@ class Gateway:
         return headers
 
     async def send(
-        self, call: Call, raw: bytes, model: str, order: list[Candidate]
-    ) -> tuple[httpx.Response, Candidate]:
+        self, call: Call, raw: bytes, model: str, order: list[tuple[Candidate, EndpointState]]
+    ) -> tuple[httpx.Response, Candidate, EndpointState]:
         """Send to `order[0]`; on a failure before any byte of the answer, once more to `order[1]`."""
         last = "no endpoint"
-        for attempt, cand in enumerate(order):
-            state = self.fleet.endpoints[cand.url]
+        for attempt, (cand, state) in enumerate(order):
             upstream_req = self.client.build_request(
                 call.request.method,
                 cand.url + call.request.url.path,
@@ -362,7 +362,7 @@ class Gateway:
                 if upstream.status_code not in RETRY_STATUS or attempt == len(order) - 1:
                     if upstream.status_code < 500:
                         self.fleet.succeeded(cand.url)
-                    return upstream, cand
+                    return upstream, cand, state
                 await upstream.aclose()
                 self._release(state)
                 last = f"{cand.url}: HTTP {upstream.status_code}"

@@ -90,3 +90,26 @@ def test_keys_secret_is_mounted_and_clients_are_restricted(tmp_path: Path) -> No
 def test_gateway_can_be_turned_off(tmp_path: Path) -> None:
     docs = render({"gateway": {"enabled": False}}, tmp_path)
     assert not [d for d in docs if is_gateway(d)]
+
+
+def test_fleet_view_in_the_dashboard_and_the_gateway_is_scraped(tmp_path: Path) -> None:
+    import json
+
+    import promql_parser
+
+    values = {"monitoring": {"podMonitor": {"enabled": True}, "dashboard": {"enabled": True}}}
+    docs = render(values, tmp_path)
+    (monitor,) = gateway(docs, "PodMonitor")
+    (deployment,) = gateway(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    dashboard = json.loads(configmap["data"]["slm-runtime.json"])
+    fleet = [
+        t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "slm_gateway_" in t["expr"]
+    ]
+    assert len(fleet) == 4
+    for expr in fleet:
+        promql_parser.parse(expr)
+        assert 'job="slm-gateway"' in expr
