@@ -130,9 +130,9 @@ class KubeSource:
         from kubernetes import client, config
 
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         self._loop = loop
         custom, discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
         core = client.CoreV1Api()
@@ -158,7 +158,8 @@ class KubeSource:
     ) -> None:
         from kubernetes import client, watch
 
-        api = client.ApiClient()
+        api: Any = client.ApiClient()  # untyped: Any keeps mypy's strictness elsewhere
+        watcher: Any = watch.Watch
         while not self._stop.is_set():
             try:
                 listed = lister()
@@ -178,7 +179,7 @@ class KubeSource:
                         table[(item["metadata"].get("namespace", ""), item["metadata"]["name"])] = item
                     self._seen[kind] = True
                 self._publish(core)
-                for event in watch.Watch().stream(lister, resource_version=version, timeout_seconds=60):
+                for event in watcher().stream(lister, resource_version=version, timeout_seconds=60):
                     if self._stop.is_set():
                         return
                     obj = event["object"]
