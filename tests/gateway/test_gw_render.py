@@ -64,3 +64,11 @@ def test_with_restricted_clients_the_gateway_rule_is_still_there() -> None:
 
 def test_no_gateway_namespace_no_rule() -> None:
     assert len(_policy(None)["ingress"]) == 1  # type: ignore[arg-type]
+
+
+def test_the_operator_learns_the_gateway_namespace_from_the_chart_env() -> None:
+    from slm_operator.settings import gateway_namespace_from_env
+
+    assert gateway_namespace_from_env({"SLM_GATEWAY_NAMESPACE": "slm-system"}) == "slm-system"
+    assert gateway_namespace_from_env({"SLM_GATEWAY_NAMESPACE": ""}) is None
+    assert gateway_namespace_from_env({}) is None

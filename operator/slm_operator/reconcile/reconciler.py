@@ -111,7 +111,12 @@ def placement_events(old_status: Mapping[str, Any], placement: Placement) -> lis
 
 
 def reconcile(
-    body: Mapping[str, Any], cluster: Cluster, *, image: str = DEFAULT_IMAGE, timestamp: str | None = None
+    body: Mapping[str, Any],
+    cluster: Cluster,
+    *,
+    image: str = DEFAULT_IMAGE,
+    timestamp: str | None = None,
+    gateway_namespace: str | None = None,
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status."""
     owner = Owner.from_body(body)
@@ -121,7 +126,12 @@ def reconcile(
     pods = cluster.list_pods()
     placement = place(spec, cluster.list_nodes(), foreign_pods(pods, owner))
     ctx = RenderContext(
-        name=owner.name, namespace=owner.namespace, spec=spec, placement=placement, default_image=image
+        name=owner.name,
+        namespace=owner.namespace,
+        spec=spec,
+        placement=placement,
+        default_image=image,
+        gateway_namespace=gateway_namespace,
     )
     desired = owned(render_all(ctx), owner)
     applied = [cluster.apply(obj) for obj in desired]
