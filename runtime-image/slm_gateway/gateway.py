@@ -37,7 +37,7 @@ from slm_gateway.fleet import EndpointState, Fleet
 from slm_gateway.metrics import GatewayMetrics
 from slm_gateway.picking import Candidate, pick, prefix_chain
 from slm_gateway.quotas import Quotas
-from slm_gateway.usage import StreamTap, Usage, read_usage
+from slm_gateway.usage import Kind, StreamTap, Usage, read_usage
 from slm_runtime.errors import BadRequestError, ModelNotFoundError, SlmError, UnauthorizedError
 from slm_runtime.server._common import ClientGoneError, until_disconnect
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 """Upstream answers worth one more try elsewhere (overloaded, not ready, unreachable)."""
 EJECT_STATUS = frozenset({502, 503, 504})
-STREAM_TYPES = {"text/event-stream": "sse", "application/x-ndjson": "ndjson"}
+STREAM_TYPES: dict[str, Kind] = {"text/event-stream": "sse", "application/x-ndjson": "ndjson"}
 USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
@@ -188,7 +188,7 @@ class Gateway:
             raise QuotaError(refusal.message, retry_after=refusal.retry_after)
 
     def refuse(self, call: Call, exc: SlmError) -> Response:
-        response = error_response(exc, call.record.api)  # type: ignore[arg-type]
+        response = error_response(exc, flavour_of(call.request.url.path))
         call.record.status, call.record.error = response.status_code, exc.message
         self.finish(call, Usage())
         return response
@@ -263,7 +263,7 @@ class Gateway:
         if kind is None:
             content = await self._whole(call, upstream, state)
             return Response(content, status_code=upstream.status_code, media_type=ctype, headers=headers)
-        tap = StreamTap(kind, drop_usage_chunk=drop_usage, keep_text=self.config.audit.log_content)  # type: ignore[arg-type]
+        tap = StreamTap(kind, drop_usage_chunk=drop_usage, keep_text=self.config.audit.log_content)
         return PassThrough(
             self._passthrough(call, upstream, state, tap),
             status_code=upstream.status_code,
