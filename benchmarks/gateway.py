@@ -252,6 +252,51 @@ def affinity_hits(gateway_url: str) -> tuple[float, float]:
     return hit, miss
 
 
+def run_overhead(args: argparse.Namespace, pod: str, gateway: str) -> dict[int, tuple[Result, Result]]:
+    """Direct vs through the gateway at c=1 and c=32; the two paths alternate round by round."""
+    print(f"# overhead: {args.tokens} tokens/request, unique prompts, {args.rounds} rounds each", flush=True)
+    overhead: dict[int, tuple[Result, Result]] = {}
+    for c in (1, 32):
+        n = max(8, c * 2) if not args.quick else max(4, c)
+        direct, through = Result(), Result()
+        for r in range(args.rounds):
+            pair = ((pod, direct), (gateway, through))
+            for url, acc in pair if r % 2 == 0 else reversed(pair):
+                got = asyncio.run(closed_loop(url, c, n, args.tokens, seed=c * 100 + r))
+                acc.ttft += got.ttft
+                acc.tokens += got.tokens
+                acc.wall += got.wall
+        overhead[c] = (direct, through)
+        print(
+            f"c={c:<3} direct  {direct.tps():7.1f} tok/s  ttft p50 {direct.p(0.5) * 1000:7.1f} ms | "
+            f"gateway {through.tps():7.1f} tok/s  ttft p50 {through.p(0.5) * 1000:7.1f} ms | "
+            f"ratio {through.tps() / direct.tps():.3f}  "
+            f"added ttft p50 {(through.p(0.5) - direct.p(0.5)) * 1000:+.1f} ms",
+            flush=True,
+        )
+    return overhead
+
+
+def run_routing(args: argparse.Namespace, pods: list[str], gateway: str) -> tuple[Result, Result]:
+    """Round-robin over the pods vs the gateway, on fresh conversations of the same shape."""
+    print(
+        f"# routing: {args.conversations} conversations x {args.turns} turns, "
+        f"~400-token system prompt, {len(pods)} pods",
+        flush=True,
+    )
+    rr = asyncio.run(conversations(pods, args.conversations, args.turns, args.tokens, seed=1))
+    gw = asyncio.run(conversations([gateway], args.conversations, args.turns, args.tokens, seed=2))
+    hit, miss = affinity_hits(gateway)
+    for name, res in (("round-robin", rr), ("gateway", gw)):
+        print(
+            f"{name:<12} ttft p50 {res.p(0.5) * 1000:7.1f} ms  "
+            f"p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s",
+            flush=True,
+        )
+    print(f"gateway prefix-affinity picks: {hit:.0f} hit, {miss:.0f} miss ({hit / max(1.0, hit + miss):.0%})")
+    return rr, gw
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--threads", type=int, default=1, help="threads per runtime pod")
@@ -260,6 +305,7 @@ def main() -> int:
     p.add_argument("--conversations", type=int, default=8)
     p.add_argument("--turns", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    p.add_argument("--only", choices=["overhead", "routing"], help="run one part (its lines only)")
     args = p.parse_args()
     if args.quick:
         args.tokens, args.rounds, args.conversations, args.turns = 8, 1, 4, 2
@@ -274,58 +320,17 @@ def main() -> int:
         gw_two = start_gateway([pod_a.url, pod_b.url], work)
         procs += [gw_one, gw_two]
         asyncio.run(closed_loop(pod_a.url, 4, 8, 4, seed=0))  # warm up
-        print(
-            f"# overhead: {args.tokens} tokens/request, unique prompts, {args.rounds} rounds each", flush=True
-        )
-        overhead: dict[int, tuple[Result, Result]] = {}
-        for c in (1, 32):
-            n = max(8, c * 2) if not args.quick else max(4, c)
-            direct, through = Result(), Result()
-            for r in range(args.rounds):
-                for url, acc in (
-                    ((pod_a.url, direct), (gw_one.url, through))
-                    if r % 2 == 0
-                    else ((gw_one.url, through), (pod_a.url, direct))
-                ):
-                    got = asyncio.run(closed_loop(url, c, n, args.tokens, seed=c * 100 + r))
-                    acc.ttft += got.ttft
-                    acc.tokens += got.tokens
-                    acc.wall += got.wall
-            overhead[c] = (direct, through)
-            print(
-                f"c={c:<3} direct  {direct.tps():7.1f} tok/s  ttft p50 {direct.p(0.5) * 1000:7.1f} ms | "
-                f"gateway {through.tps():7.1f} tok/s  ttft p50 {through.p(0.5) * 1000:7.1f} ms | "
-                f"ratio {through.tps() / direct.tps():.3f}  "
-                f"added ttft p50 {(through.p(0.5) - direct.p(0.5)) * 1000:+.1f} ms",
-                flush=True,
-            )
-        print(
-            f"# routing: {args.conversations} conversations x {args.turns} turns, "
-            "~400-token system prompt, 2 pods",
-            flush=True,
-        )
-        rr = asyncio.run(
-            conversations([pod_a.url, pod_b.url], args.conversations, args.turns, args.tokens, seed=1)
-        )
-        gw = asyncio.run(conversations([gw_two.url], args.conversations, args.turns, args.tokens, seed=2))
-        hit, miss = affinity_hits(gw_two.url)
-        for name, res in (("round-robin", rr), ("gateway", gw)):
-            print(
-                f"{name:<12} ttft p50 {res.p(0.5) * 1000:7.1f} ms  "
-                f"p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s",
-                flush=True,
-            )
-        print(
-            f"gateway prefix-affinity picks: {hit:.0f} hit, {miss:.0f} miss "
-            f"({hit / max(1.0, hit + miss):.0%})"
-        )
-        direct32, through32 = overhead[32]
-        direct1, through1 = overhead[1]
-        print(f"overhead_throughput_ratio_c1={through1.tps() / direct1.tps():.3f}")
-        print(f"added_ttft_p50_ms_c1={(through1.p(0.5) - direct1.p(0.5)) * 1000:.2f}")
-        print(f"overhead_throughput_ratio={through32.tps() / direct32.tps():.3f}")
-        print(f"added_ttft_p50_ms={(through32.p(0.5) - direct32.p(0.5)) * 1000:.2f}")
-        print(f"prefix_ttft_p50_ratio={gw.p(0.5) / rr.p(0.5):.3f}")
+        overhead = run_overhead(args, pod_a.url, gw_one.url) if args.only != "routing" else {}
+        routing = run_routing(args, [pod_a.url, pod_b.url], gw_two.url) if args.only != "overhead" else None
+        if overhead:
+            (direct1, through1), (direct32, through32) = overhead[1], overhead[32]
+            print(f"overhead_throughput_ratio_c1={through1.tps() / direct1.tps():.3f}")
+            print(f"added_ttft_p50_ms_c1={(through1.p(0.5) - direct1.p(0.5)) * 1000:.2f}")
+            print(f"overhead_throughput_ratio={through32.tps() / direct32.tps():.3f}")
+            print(f"added_ttft_p50_ms={(through32.p(0.5) - direct32.p(0.5)) * 1000:.2f}")
+        if routing is not None:
+            rr, gw = routing
+            print(f"prefix_ttft_p50_ratio={gw.p(0.5) / rr.p(0.5):.3f}")
     finally:
         for proc in reversed(procs):
             proc.stop()
