@@ -18,8 +18,12 @@ The last three lines are `overhead_throughput_ratio=…`, `added_ttft_p50_ms=…
 and `prefix_ttft_p50_ratio=…` (gateway / round-robin). Times are wall-clock on a shared machine:
 run it on a quiet one.
 
-    .venv/bin/python benchmarks/gateway.py                     # defaults (~3 minutes on 2 cores)
+    .venv/bin/python benchmarks/gateway.py                     # both parts, default sizes
+    .venv/bin/python benchmarks/gateway.py --only routing --turns 3 --tokens 16
     .venv/bin/python benchmarks/gateway.py --quick             # a smoke run
+
+On a 2-core machine shared with other builds (load average ~15) the overhead part took about
+30 minutes and the smaller routing run above about 7; on a quiet machine both are far shorter.
 """
 
 from __future__ import annotations
