@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from .helpers import BIN_DIR, REPO_ROOT, kubectl, serviceaccount_kubeconfig, wait_for
+from .helpers import BIN_DIR, REPO_ROOT, kubectl, read_versions, serviceaccount_kubeconfig, wait_for
 
 CHART = REPO_ROOT / "charts" / "slm-operator"
 
@@ -40,7 +40,14 @@ def _host_ip() -> str | None:
 
 def _chart_gateway_role() -> dict[str, Any]:
     out = subprocess.run(
-        [str(BIN_DIR / "helm"), "template", "gw", str(CHART), "--namespace", "slm-system"],
+        [
+            str(BIN_DIR / "helm"),
+            "template",
+            "gw",
+            str(CHART),
+            "--namespace=slm-system",
+            f"--kube-version={read_versions()['KUBE_VERSION'].lstrip('v')}",
+        ],
         capture_output=True,
         text=True,
         check=True,
