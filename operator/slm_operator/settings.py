@@ -29,6 +29,8 @@ class Settings:
     field_manager: str = "slm-operator"
     gateway_namespace: str | None = None
     """Namespace of slm-gateway ($SLM_GATEWAY_NAMESPACE); model pods' NetworkPolicies admit it."""
+    gateway_url: str | None = None
+    """The gateway's OpenAI base URL ($SLM_GATEWAY_URL), shown as status.endpoints.fleet."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -38,6 +40,14 @@ def image_from_env(env: Mapping[str, str] | None = None) -> str:
 
 
 GATEWAY_NAMESPACE_ENV = "SLM_GATEWAY_NAMESPACE"
+
+
+GATEWAY_URL_ENV = "SLM_GATEWAY_URL"
+
+
+def gateway_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The fleet endpoint the chart's gateway serves (unset: none is shown in status)."""
+    return (env if env is not None else os.environ).get(GATEWAY_URL_ENV) or None
 
 
 def gateway_namespace_from_env(env: Mapping[str, str] | None = None) -> str | None:

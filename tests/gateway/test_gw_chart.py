@@ -113,3 +113,16 @@ def test_fleet_view_in_the_dashboard_and_the_gateway_is_scraped(tmp_path: Path) 
     for expr in fleet:
         promql_parser.parse(expr)
         assert 'job="slm-gateway"' in expr
+
+
+def test_the_operator_is_told_where_the_gateway_is(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    operator = next(d for d in docs if d["kind"] == "Deployment" and not is_gateway(d))
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    (service,) = gateway(docs, "Service")
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    assert env["SLM_GATEWAY_NAMESPACE"] == NAMESPACE
+    assert env["SLM_GATEWAY_URL"] == f"http://{name}.{NAMESPACE}.svc.cluster.local:{port}/v1"
+    off = next(d for d in render({"gateway": {"enabled": False}}, tmp_path) if d["kind"] == "Deployment")
+    names = {e["name"] for e in off["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not names & {"SLM_GATEWAY_NAMESPACE", "SLM_GATEWAY_URL"}

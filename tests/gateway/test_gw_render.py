@@ -72,3 +72,39 @@ def test_the_operator_learns_the_gateway_namespace_from_the_chart_env() -> None:
     assert gateway_namespace_from_env({"SLM_GATEWAY_NAMESPACE": "slm-system"}) == "slm-system"
     assert gateway_namespace_from_env({"SLM_GATEWAY_NAMESPACE": ""}) is None
     assert gateway_namespace_from_env({}) is None
+
+
+def test_status_shows_the_fleet_endpoint_beside_the_deployments_own() -> None:
+    from slm_operator.reconcile.status import reconciled_status
+    from slm_operator.settings import gateway_url_from_env
+
+    the_spec = SLMDeploymentSpec.model_validate(
+        {
+            "model": {
+                "name": "m",
+                "parameters": 0.1,
+                "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf"}],
+            }
+        }
+    )
+    placement = place(the_spec, [NODE])
+    fleet = "http://slm-operator-gateway.slm-system.svc.cluster.local:8080/v1"
+    common = {
+        "name": "demo",
+        "namespace": "ns",
+        "generation": 1,
+        "port": 8080,
+        "placement": placement,
+        "deployment": None,
+        "old": None,
+        "timestamp": "2026-12-01T00:00:00Z",
+    }
+    with_gateway = reconciled_status(**common, fleet_endpoint=fleet)  # type: ignore[arg-type]
+    assert with_gateway["endpoints"] == {
+        "openai": "http://demo.ns.svc.cluster.local:8080/v1",
+        "ollama": "http://demo.ns.svc.cluster.local:8080",
+        "fleet": fleet,
+    }
+    assert "fleet" not in reconciled_status(**common)["endpoints"]  # type: ignore[arg-type]
+    assert gateway_url_from_env({"SLM_GATEWAY_URL": fleet}) == fleet
+    assert gateway_url_from_env({}) is None

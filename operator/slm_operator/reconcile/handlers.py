@@ -122,6 +122,7 @@ def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
                 ctx.cluster,
                 image=ctx.settings.runtime_image,
                 gateway_namespace=ctx.settings.gateway_namespace,
+                gateway_url=ctx.settings.gateway_url,
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()

@@ -117,6 +117,7 @@ def reconcile(
     image: str = DEFAULT_IMAGE,
     timestamp: str | None = None,
     gateway_namespace: str | None = None,
+    gateway_url: str | None = None,
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status."""
     owner = Owner.from_body(body)
@@ -149,6 +150,7 @@ def reconcile(
         old=old_status,
         timestamp=timestamp or now_rfc3339(),
         pods=own_pods(pods, owner),
+        fleet_endpoint=gateway_url,
     )
     cluster.patch_status(owner.namespace, owner.name, status)
     events = placement_events(old_status, placement) + fetch_failure_events(old_status, status)
