@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -132,7 +133,8 @@ class KubeSource:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            # $KUBECONFIG read now: the client reads it once, when first imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)  # type: ignore[no-untyped-call]
         self._loop = loop
         custom, discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
         core = client.CoreV1Api()
