@@ -28,7 +28,14 @@ from slm_operator.errors import SpecError
 from slm_operator.placement import place
 from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
-from slm_operator.settings import Settings, image_from_env, priority_from_env, resync_from_env
+from slm_operator.settings import (
+    Settings,
+    gateway_namespace_from_env,
+    gateway_url_from_env,
+    image_from_env,
+    priority_from_env,
+    resync_from_env,
+)
 
 
 def _documents(path: str) -> list[dict[str, Any]]:
@@ -97,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         resync_seconds=args.resync_seconds if args.resync_seconds is not None else resync_from_env(),
         priority=args.priority if args.priority is not None else priority_from_env(),
+        gateway_namespace=gateway_namespace_from_env(),
+        gateway_url=gateway_url_from_env(),
     )
     run_operator(settings)
     return 0

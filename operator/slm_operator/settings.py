@@ -27,12 +27,32 @@ class Settings:
     resync_seconds: float = 60.0
     priority: int = 0
     field_manager: str = "slm-operator"
+    gateway_namespace: str | None = None
+    """Namespace of slm-gateway ($SLM_GATEWAY_NAMESPACE); model pods' NetworkPolicies admit it."""
+    gateway_url: str | None = None
+    """The gateway's OpenAI base URL ($SLM_GATEWAY_URL), shown as status.endpoints.fleet."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def image_from_env(env: Mapping[str, str] | None = None) -> str:
     """The runtime image: $SLM_RUNTIME_IMAGE, else the release default."""
     return (env if env is not None else os.environ).get(IMAGE_ENV) or DEFAULT_IMAGE
+
+
+GATEWAY_NAMESPACE_ENV = "SLM_GATEWAY_NAMESPACE"
+
+
+GATEWAY_URL_ENV = "SLM_GATEWAY_URL"
+
+
+def gateway_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The fleet endpoint the chart's gateway serves (unset: none is shown in status)."""
+    return (env if env is not None else os.environ).get(GATEWAY_URL_ENV) or None
+
+
+def gateway_namespace_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """Where the chart runs slm-gateway (unset: no gateway, no NetworkPolicy rule for it)."""
+    return (env if env is not None else os.environ).get(GATEWAY_NAMESPACE_ENV) or None
 
 
 def resync_from_env(env: Mapping[str, str] | None = None) -> float:

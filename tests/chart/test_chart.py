@@ -126,8 +126,14 @@ def render(values: dict[str, Any], tmp_path: Path, release: str = RELEASE) -> li
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def is_gateway(doc: dict[str, Any]) -> bool:
+    """An object of the gateway (gateway.enabled), tested in tests/gateway/test_gw_chart.py."""
+    return (doc.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/component") == "gateway"
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] == kind]
+    """The operator's own objects of `kind` (not the gateway's)."""
+    return [doc for doc in docs if doc["kind"] == kind and not is_gateway(doc)]
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -292,7 +298,7 @@ def test_chart_rbac_equals_the_operators_own_rules(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_rbac_is_least_privilege(case: str, tmp_path: Path) -> None:
     docs = render(CASES[case], tmp_path)
-    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+    for role in [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]:  # the gateway's too
         granted = rules_of(role)
         assert not any("*" in triple for triple in granted), role["metadata"]
         secrets = {verb for group, resource, verb in granted if (group, resource) == ("", "secrets")}
@@ -509,7 +515,7 @@ def test_names_are_truncated_to_63(release: str, values: dict[str, Any], tmp_pat
             name = doc["metadata"]["name"]
             assert len(name) <= 63 and not name.endswith("-"), name
     names = [doc["metadata"]["name"] for doc in docs if doc["kind"] in {"Service", "ConfigMap", "PodMonitor"}]
-    assert all(name.endswith(("-metrics", "-dashboard", "-runtime")) for name in names), names
+    assert all(name.endswith(("-metrics", "-dashboard", "-runtime", "-gateway")) for name in names), names
 
 
 def test_image_digest_and_runtime_image(tmp_path: Path) -> None:

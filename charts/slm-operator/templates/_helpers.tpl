@@ -169,3 +169,36 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end -}}
+
+{{/* The gateway's name ("<fullname>-gateway") and the labels that select its pods. */}}
+{{- define "slm-operator.gatewayName" -}}
+{{- include "slm-operator.suffixed" (list . "gateway") -}}
+{{- end -}}
+
+{{- define "slm-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: slm-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "slm-operator.gatewayLabels" -}}
+helm.sh/chart: {{ include "slm-operator.chart" . }}
+{{ include "slm-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: slm-operator
+{{- end -}}
+
+{{/* The gateway reads SLMDeployments, their EndpointSlices and their runtime-key Secrets; nothing else. */}}
+{{- define "slm-operator.gatewayRules" -}}
+- apiGroups: ["slm.dev"]
+  resources: ["slmdeployments"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+# The runtime key of an SLMDeployment with spec.auth, sent upstream; read by name only.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end -}}

@@ -43,6 +43,11 @@ class Endpoints(ApiModel):
 
     openai: str | None = Field(None, description="OpenAI-compatible base URL (…/v1).")
     ollama: str | None = Field(None, description="Ollama-compatible base URL.")
+    fleet: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL of the fleet's slm-gateway (…/v1): one endpoint for every "
+        "model, routed by the request's model; unset when the chart's gateway is off.",
+    )
 
 
 class SLMDeploymentStatus(ApiModel):

@@ -118,7 +118,13 @@ def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str) -> None:
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
         try:
-            outcome = reconcile(body, ctx.cluster, image=ctx.settings.runtime_image)
+            outcome = reconcile(
+                body,
+                ctx.cluster,
+                image=ctx.settings.runtime_image,
+                gateway_namespace=ctx.settings.gateway_namespace,
+                gateway_url=ctx.settings.gateway_url,
+            )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
             log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)

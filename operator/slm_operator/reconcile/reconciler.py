@@ -111,7 +111,13 @@ def placement_events(old_status: Mapping[str, Any], placement: Placement) -> lis
 
 
 def reconcile(
-    body: Mapping[str, Any], cluster: Cluster, *, image: str = DEFAULT_IMAGE, timestamp: str | None = None
+    body: Mapping[str, Any],
+    cluster: Cluster,
+    *,
+    image: str = DEFAULT_IMAGE,
+    timestamp: str | None = None,
+    gateway_namespace: str | None = None,
+    gateway_url: str | None = None,
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status."""
     owner = Owner.from_body(body)
@@ -121,7 +127,12 @@ def reconcile(
     pods = cluster.list_pods()
     placement = place(spec, cluster.list_nodes(), foreign_pods(pods, owner))
     ctx = RenderContext(
-        name=owner.name, namespace=owner.namespace, spec=spec, placement=placement, default_image=image
+        name=owner.name,
+        namespace=owner.namespace,
+        spec=spec,
+        placement=placement,
+        default_image=image,
+        gateway_namespace=gateway_namespace,
     )
     desired = owned(render_all(ctx), owner)
     applied = [cluster.apply(obj) for obj in desired]
@@ -139,6 +150,7 @@ def reconcile(
         old=old_status,
         timestamp=timestamp or now_rfc3339(),
         pods=own_pods(pods, owner),
+        fleet_endpoint=gateway_url,
     )
     cluster.patch_status(owner.namespace, owner.name, status)
     events = placement_events(old_status, placement) + fetch_failure_events(old_status, status)

@@ -194,8 +194,9 @@ def reconciled_status(
     old: Mapping[str, Any] | None,
     timestamp: str,
     pods: Sequence[Mapping[str, Any]] = (),
+    fleet_endpoint: str | None = None,
 ) -> Status:
-    """Status after a successful apply."""
+    """Status after a successful apply; `fleet_endpoint` is the gateway's URL, if the chart runs one."""
     conds, desired, ready = deployment_conditions(deployment, generation, pods)
     if not any(c["type"] == "Degraded" for c in conds):
         reason = "FallbackPlacement" if placement.skipped else "Reconciled"
@@ -206,7 +207,10 @@ def reconciled_status(
         "conditions": merge_conditions((old or {}).get("conditions") or (), conds, timestamp),
         "hardware": placement.hardware,
         "variant": {"format": variant.format, "quantization": variant.quantization, "uri": variant.uri},
-        "endpoints": endpoints(name, namespace, port),
+        "endpoints": {
+            **endpoints(name, namespace, port),
+            **({"fleet": fleet_endpoint} if fleet_endpoint else {}),
+        },
         "replicas": desired,
         "readyReplicas": ready,
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(name).items()),

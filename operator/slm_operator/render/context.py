@@ -30,6 +30,9 @@ class RenderContext:
     placement: Placement
     namespace: str | None = None
     default_image: str = DEFAULT_IMAGE
+    gateway_namespace: str | None = None
+    """Where slm-gateway runs (the chart's release namespace); its pods are admitted by the
+    NetworkPolicy. None: no gateway rule."""
 
     @property
     def image(self) -> str:

@@ -1,8 +1,9 @@
 """The Service and the NetworkPolicy in front of the model pods.
 
 The NetworkPolicy admits ingress to the runtime port only from `networking.allowedClients` (every
-pod of the same namespace when unset) and from `networking.metricsNamespaceSelector` (scrapers);
-egress is limited to DNS (53/UDP+TCP) and HTTPS (443/TCP) for the model download.
+pod of the same namespace when unset), from `networking.metricsNamespaceSelector` (scrapers) and
+from the slm-gateway pods in `RenderContext.gateway_namespace` (the fleet's one endpoint); egress
+is limited to DNS (53/UDP+TCP) and HTTPS (443/TCP) for the model download.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def _clients(ctx: RenderContext) -> list[dict[str, Any]]:
     return [peer.to_api() for peer in allowed]
 
 
+GATEWAY_POD_LABELS = {"app.kubernetes.io/name": "slm-gateway"}
+"""Labels of the gateway's pods (charts/slm-operator/templates/gateway-deployment.yaml)."""
+
+
+def gateway_peer(namespace: str) -> dict[str, Any]:
+    """The slm-gateway pods of `namespace`, and no other pods there or elsewhere."""
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": dict(GATEWAY_POD_LABELS)},
+    }
+
+
 def build_network_policy(ctx: RenderContext) -> dict[str, Any]:
     port = [{"port": RUNTIME_PORT, "protocol": "TCP"}]
     ingress: list[dict[str, Any]] = []
@@ -50,6 +63,8 @@ def build_network_policy(ctx: RenderContext) -> dict[str, Any]:
     scrapers = ctx.spec.networking.metrics_namespace_selector
     if scrapers is not None:
         ingress.append({"from": [{"namespaceSelector": scrapers.to_api()}], "ports": port})
+    if ctx.gateway_namespace:
+        ingress.append({"from": [gateway_peer(ctx.gateway_namespace)], "ports": port})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
