@@ -8,8 +8,8 @@ network); the operator's init container downloads and verifies them. (The API ac
 among network schemes, so the server has a certificate from a throwaway CA, and the pods run the
 runtime image plus one layer that trusts that CA through SSL_CERT_FILE, which the runtime's HTTP
 client honours: the image's code is unchanged.) Clients talk to the Service's cluster IP from this
-host (kube-proxy's iptables rules). hack/real-node also runs metrics-server against this node's kubelet, so the HorizontalPodAutoscaler the operator renders
-really scales here.
+host (kube-proxy's iptables rules). hack/real-node also runs metrics-server against this node's
+kubelet, so the HorizontalPodAutoscaler the operator renders really scales here.
 
 Runs only where its prerequisites are met (root, hack/real-node/install-deps.sh, bin/kubelet, the
 Dockerfile); otherwise every test here is skipped with the reason. SLM_E2E_REALNODE=0 skips them,
