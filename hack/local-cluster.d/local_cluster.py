@@ -84,7 +84,7 @@ def openssl(*args: str, stdin: bytes | None = None) -> None:
 
 def make_pki(pki: Path) -> None:
     # .complete records the extra SAN: changing SLM_APISERVER_ADVERTISE_ADDRESS regenerates the PKI
-    marker = f"advertise={ADVERTISE}\n"
+    marker = f"advertise={ADVERTISE}\nfront-proxy=1\n"
     with contextlib.suppress(OSError):
         if (pki / ".complete").read_text() == marker:
             return
@@ -113,7 +113,31 @@ def make_pki(pki: Path) -> None:
         "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     )
 
-    def leaf(name: str, subj: str, ext: str) -> None:
+    # The aggregation layer's own CA (as kubeadm does): the apiserver proves itself to aggregated
+    # API servers (metrics-server) with front-proxy-client, and they trust only that CA for it.
+    openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-sha256",
+        "-days",
+        days,
+        "-keyout",
+        str(pki / "front-proxy-ca.key"),
+        "-out",
+        str(pki / "front-proxy-ca.crt"),
+        "-subj",
+        "/CN=slm-front-proxy-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    )
+
+    def leaf(name: str, subj: str, ext: str, ca: str = "ca") -> None:
         openssl("genrsa", "-out", str(pki / f"{name}.key"), "2048")
         openssl(
             "req", "-new", "-key", str(pki / f"{name}.key"), "-subj", subj, "-out", str(pki / f"{name}.csr")
@@ -125,9 +149,9 @@ def make_pki(pki: Path) -> None:
             "-in",
             str(pki / f"{name}.csr"),
             "-CA",
-            str(pki / "ca.crt"),
+            str(pki / f"{ca}.crt"),
             "-CAkey",
-            str(pki / "ca.key"),
+            str(pki / f"{ca}.key"),
             "-CAcreateserial",
             "-sha256",
             "-days",
@@ -166,6 +190,9 @@ def make_pki(pki: Path) -> None:
     leaf("kube-scheduler", "/CN=system:kube-scheduler", client_ext)
     # kwok writes node and pod status for every fake node: it acts as the whole fleet of kubelets.
     leaf("kwok", "/O=system:masters/CN=kwok-controller", client_ext)
+    leaf("front-proxy-client", "/CN=front-proxy-client", client_ext, ca="front-proxy-ca")
+    # metrics-server (started with the real node, hack/real-node): RBAC in its manifest there
+    leaf("metrics-server", "/CN=system:metrics-server", client_ext)
     # service-account token signing key pair
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
@@ -380,6 +407,17 @@ def command_lines(ports: dict[str, int]) -> dict[str, list[str]]:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--profiling=false",
             "--event-ttl=1h",
+            # the aggregation layer (metrics.k8s.io from metrics-server); aggregator routing sends
+            # requests to the APIService's endpoint IPs, since the test bed runs no service proxy
+            # on the control plane's host network path
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--enable-aggregator-routing=true",
         ],
         "kube-controller-manager": [
             binary("kube-controller-manager"),
@@ -486,7 +524,7 @@ def start_cluster(deadline: float) -> None:
     state: dict[str, Any] = {"ports": ports, "pids": {}, "started": time.time(), "state_dir": str(STATE)}
     save_state(state)
     api = f"https://127.0.0.1:{ports['apiserver']}"
-    for user in ["kube-controller-manager", "kube-scheduler", "kwok"]:
+    for user in ["kube-controller-manager", "kube-scheduler", "kwok", "metrics-server"]:
         write_kubeconfig(STATE / "kubeconfigs" / f"{user}.kubeconfig", api, user, pki)
     (STATE / "kwok.yaml").write_text(
         "# empty on purpose: kwok uses its default (fast) node and pod stages\n"

@@ -75,7 +75,10 @@ PAUSE_IMAGE = "localhost/slm-pause:1"
 CNI_BIN = Path(os.environ.get("SLM_CNI_BIN_DIR", "/usr/lib/cni"))
 CGROUP_ROOT = "slm-real-node"
 UP_TIMEOUT = float(os.environ.get("SLM_REAL_NODE_UP_TIMEOUT", "180"))
-COMPONENTS = ["containerd", "kubelet", "kube-proxy"]  # start order; `down` stops in reverse
+# start order; `down` stops in reverse. metrics-server serves metrics.k8s.io (the HPA's CPU and
+# memory) from this node's kubelet: the KWOK pools have no kubelet to scrape.
+COMPONENTS = ["containerd", "kubelet", "kube-proxy", "metrics-server"]
+METRICS_SERVER_RESOLUTION = os.environ.get("SLM_METRICS_RESOLUTION", "10s")
 
 
 class NodeError(RuntimeError):
@@ -155,6 +158,40 @@ def api(method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[
         return e.code, e.read().decode(errors="replace")
     except (OSError, ssl.SSLError, NodeError) as e:
         return 0, str(e)
+
+
+_PATHS = {  # (apiVersion, kind) -> collection path format; {ns} for namespaced kinds
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"):
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
+    ("v1", "Endpoints"): "/api/v1/namespaces/{ns}/endpoints",
+    ("apiregistration.k8s.io/v1", "APIService"): "/apis/apiregistration.k8s.io/v1/apiservices",
+}  # fmt: skip
+
+
+def apply_object(obj: dict[str, Any]) -> None:
+    """Server-side apply of one object with the admin certificate (field manager `real-node`)."""
+    meta = obj["metadata"]
+    path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta.get("namespace", ""))
+    pki = CLUSTER / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    req = urllib.request.Request(
+        f"{apiserver_url()}{path}/{meta['name']}?fieldManager=real-node&force=true",
+        data=json.dumps(obj).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/apply-patch+yaml"},
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10):
+            return
+    except urllib.error.HTTPError as e:
+        raise NodeError(f"apply {obj['kind']} {meta['name']}: {e.code} {e.read().decode(errors='replace')}") from e
+    except OSError as e:
+        raise NodeError(f"apply {obj['kind']} {meta['name']}: {e}") from e
 
 
 def node_ready() -> tuple[bool, str]:
@@ -501,6 +538,57 @@ def kube_proxy_config(ports: dict[str, int]) -> Path:
 # binaries
 
 
+def metrics_server_binary() -> Path:
+    path = BIN / "metrics-server"
+    if not path.exists():
+        raise NodeError(f"{path} not found: run `make bins` (hack/build-go-tool.sh metrics-server ...)")
+    return path
+
+
+def metrics_server_objects(port: int) -> list[dict[str, Any]]:
+    """What registers the metrics-server process on this host as the metrics.k8s.io API: its RBAC
+    (as in metrics-server's own manifest), a selector-less Service whose Endpoints is the node IP
+    (the apiserver runs with --enable-aggregator-routing), and the APIService. Its serving cert is
+    self-signed, hence insecureSkipTLSVerify: a test bed only."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    user = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:metrics-server"}]
+    ns = {"name": "metrics-server", "namespace": "kube-system"}
+    return [
+        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "system:metrics-server"},
+         "rules": [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                   {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "system:metrics-server"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:metrics-server"}, "subjects": user},
+        {"apiVersion": rbac, "kind": "ClusterRoleBinding",
+         "metadata": {"name": "metrics-server:system:auth-delegator"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:auth-delegator"}, "subjects": user},
+        {"apiVersion": rbac, "kind": "RoleBinding",
+         "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "extension-apiserver-authentication-reader"}, "subjects": user},
+        {"apiVersion": "v1", "kind": "Service", "metadata": ns,
+         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}},
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": ns,
+         "subsets": [{"addresses": [{"ip": NODE_IP}],
+                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+         "metadata": {"name": "v1beta1.metrics.k8s.io"},
+         "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "insecureSkipTLSVerify": True,
+                  "groupPriorityMinimum": 100, "versionPriority": 100,
+                  "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443}}},
+    ]  # fmt: skip
+
+
+def metrics_api_available() -> bool:
+    status, body = api("GET", "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io")
+    if status != 200 or not isinstance(body, dict):
+        return False
+    conditions = body.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+
 def kubelet_binary() -> Path:
     path = BIN / "kubelet"
     if not os.access(path, os.X_OK):
@@ -634,6 +722,7 @@ def cmd_up() -> int:
             state = load_state()
         kubelet = kubelet_binary()
         kube_proxy = kube_proxy_binary()
+        metrics_server = metrics_server_binary()
         status, _ = api("GET", "/readyz")
         if status != 200:
             raise NodeError(f"control plane not ready ({status}): run `hack/local-cluster up`")
@@ -642,6 +731,7 @@ def cmd_up() -> int:
             "kubelet_healthz": free_port(),
             "proxy_healthz": free_port(),
             "proxy_metrics": free_port(),
+            "metrics_server": free_port(),
         }
         host: dict[str, Any] = {"chains_before": iptables_chains()}
         state = {"pids": {}, "ports": ports, "host": host, "node": NODE, "started": time.time()}
@@ -691,6 +781,29 @@ def cmd_up() -> int:
                 deadline,
                 ["kube-proxy"],
             )
+            ms_kubeconfig = CLUSTER / "kubeconfigs" / "metrics-server.kubeconfig"
+            start(
+                "metrics-server",
+                [
+                    str(metrics_server),
+                    f"--kubeconfig={ms_kubeconfig}",
+                    f"--authentication-kubeconfig={ms_kubeconfig}",
+                    f"--authorization-kubeconfig={ms_kubeconfig}",
+                    f"--bind-address={NODE_IP}",
+                    f"--secure-port={ports['metrics_server']}",
+                    f"--cert-dir={STATE / 'metrics-server'}",
+                    # the kubelet's serving certificate is self-signed (serving_cert)
+                    "--kubelet-insecure-tls",
+                    "--kubelet-preferred-address-types=InternalIP",
+                    "--kubelet-use-node-status-port",
+                    f"--metric-resolution={METRICS_SERVER_RESOLUTION}",
+                    "--node-selector=" + ",".join(f"{k}={v}" for k, v in LABELS.items()),
+                ],
+                state,
+            )
+            for obj in metrics_server_objects(ports["metrics_server"]):
+                apply_object(obj)
+            wait("metrics.k8s.io Available", metrics_api_available, deadline, ["metrics-server"])
         except (NodeError, subprocess.SubprocessError) as e:
             log(f"up failed: {e}")
             teardown(load_state())
@@ -754,6 +867,10 @@ def teardown(state: dict[str, Any]) -> None:
     """Undo everything `up` did, as far as it got. Safe to run more than once."""
     pids = running(state)
     stop_demo_operator()
+    if "metrics-server" in pids:
+        stop("metrics-server", pids["metrics-server"])
+        with contextlib.suppress(NodeError):
+            api("DELETE", "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io")
     if "kubelet" in pids and "containerd" in pids:
         with contextlib.suppress(NodeError):
             drain()

@@ -2,12 +2,14 @@
 image built from runtime-image/Dockerfile (hack/real-node/build-image.sh), a real model answering
 through the Service.
 
-The model is a `slm-runtime tiny-model` GGUF served over HTTPS from the node's host address (the
-bridge gateway, reachable from the pod network); the operator's init container downloads and
-verifies it. (The API accepts only https:// among network schemes, so the server has a certificate
-from a throwaway CA, and the pods run the runtime image plus one layer that trusts that CA through
-SSL_CERT_FILE, which the runtime's HTTP client honours: the image's code is unchanged.) Clients talk
-to the Service's cluster IP from this host (kube-proxy's iptables rules).
+The models (the real SmolLM2-135M-Instruct from the model cache, and a `slm-runtime tiny-model` GGUF)
+are served over HTTPS from the node's host address (the bridge gateway, reachable from the pod
+network); the operator's init container downloads and verifies them. (The API accepts only https://
+among network schemes, so the server has a certificate from a throwaway CA, and the pods run the
+runtime image plus one layer that trusts that CA through SSL_CERT_FILE, which the runtime's HTTP
+client honours: the image's code is unchanged.) Clients talk to the Service's cluster IP from this
+host (kube-proxy's iptables rules). hack/real-node also runs metrics-server against this node's
+kubelet, so the HorizontalPodAutoscaler the operator renders really scales here.
 
 Runs only where its prerequisites are met (root, hack/real-node/install-deps.sh, bin/kubelet, the
 Dockerfile); otherwise every test here is skipped with the reason. SLM_E2E_REALNODE=0 skips them,
@@ -57,6 +59,8 @@ def _missing_prerequisites() -> list[str]:
         missing.append("CNI plugins (hack/real-node/install-deps.sh)")
     if not os.access(BIN_DIR / "kubelet", os.X_OK):
         missing.append(f"{BIN_DIR / 'kubelet'} (hack/build-bins.sh)")
+    if not os.access(BIN_DIR / "metrics-server", os.X_OK):
+        missing.append(f"{BIN_DIR / 'metrics-server'} (make bins)")
     if not (REPO_ROOT / "runtime-image" / "Dockerfile").exists():
         missing.append("runtime-image/Dockerfile")
     if not shutil.which("slm-runtime", path=str(VENV_BIN)) and not shutil.which("slm-runtime"):
@@ -141,11 +145,15 @@ def runtime_image(real_node: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_server(real_node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A tiny GGUF over HTTPS on the node's host address, where the pods can reach it."""
+def model_server(
+    real_node: str, tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
+) -> Iterator[dict[str, Any]]:
+    """Over HTTPS on the node's host address, where the pods can reach them: a tiny GGUF, and the
+    real SmolLM2-135M-Instruct from the model cache (hack/fetch-models.sh)."""
     root = tmp_path_factory.mktemp("models")
     files = root / "files"
     files.mkdir()
+    (files / smollm2_gguf.name).symlink_to(smollm2_gguf)
     model = files / "tiny-q8_0.gguf"
     exe = shutil.which("slm-runtime", path=str(VENV_BIN)) or "slm-runtime"
     _run(
@@ -175,6 +183,10 @@ def model_server(real_node: str, tmp_path_factory: pytest.TempPathFactory) -> It
         yield {
             "uri": f"https://{NODE_IP}:{port}/{model.name}",
             "sha256": sha,
+            "smollm2": {
+                "uri": f"https://{NODE_IP}:{port}/{smollm2_gguf.name}",
+                "sha256": Path(f"{smollm2_gguf}.sha256").read_text().strip(),
+            },
             "ca": str(ca),
             "requests": requests,
         }
@@ -346,15 +358,24 @@ def operator_ns(kube_api: client.ApiClient, kubeconfig: str, test_image: str) ->
 # helpers
 
 
-def slmd(name: str, image: str, uri: str, sha256: str) -> dict[str, Any]:
+def slmd(
+    name: str,
+    image: str,
+    uri: str,
+    sha256: str,
+    *,
+    model: str = "tiny",
+    quantization: str = "Q8_0",
+    parallel: int = 1,
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SLMDeployment",
         "metadata": {"name": name},
         "spec": {
             "model": {
-                "name": "tiny",
-                "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": uri, "sha256": sha256}],
+                "name": model,
+                "variants": [{"format": "gguf", "quantization": quantization, "uri": uri, "sha256": sha256}],
             },
             "hardware": {
                 "preference": ["cpu"],
@@ -363,7 +384,7 @@ def slmd(name: str, image: str, uri: str, sha256: str) -> dict[str, Any]:
                     {"key": "slm.dev/real-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
                 ],
             },
-            "runtime": {"contextLength": 256, "parallel": 1},
+            "runtime": {"contextLength": 256, "parallel": parallel},
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
             "image": image,
             "imagePullPolicy": "Never",
@@ -407,11 +428,18 @@ def test_real_model_answers_through_the_service(
     test_image: str,
     model_server: dict[str, Any],
 ) -> None:
-    ns, name = operator_ns, "tiny"
+    """The real SmolLM2-135M-Instruct, fetched by the init container, served at parallel 2 (the
+    batching engine, as the operator's defaults run it), answers a real question correctly."""
+    ns, name = operator_ns, "smollm2"
     custom = client.CustomObjectsApi(kube_api)
+    real = model_server["smollm2"]
     t0 = time.monotonic()
     custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, slmd(name, test_image, model_server["uri"], model_server["sha256"])
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        slmd(name, test_image, real["uri"], real["sha256"], model="smollm2", quantization="Q4_1", parallel=2),
     )
     pod = ready_pod(kube_api, kubeconfig, ns, name, timeout=300)
     t_ready = time.monotonic() - t0
@@ -422,7 +450,7 @@ def test_real_model_answers_through_the_service(
     assert init, "the pod has no init container status"
     for status in init.values():
         assert status.state.terminated is not None and status.state.terminated.exit_code == 0, status
-    assert "GET /tiny-q8_0.gguf" in model_server["requests"], model_server["requests"]
+    assert f"GET /{real['uri'].rsplit('/', 1)[1]}" in model_server["requests"], model_server["requests"]
 
     svc = client.CoreV1Api(kube_api).read_namespaced_service(name, ns)
     ip, port = svc.spec.cluster_ip, svc.spec.ports[0].port
@@ -432,20 +460,16 @@ def test_real_model_answers_through_the_service(
     import openai
 
     oa = openai.OpenAI(base_url=f"http://{ip}:{port}/v1", api_key="unused", timeout=60, max_retries=2)
-    chat = oa.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0
-    )
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    chat = oa.chat.completions.create(model="smollm2", messages=question, max_tokens=24, temperature=0)
     t_answer = time.monotonic() - t0
-    assert chat.choices[0].message.content, chat
+    assert "Paris" in (chat.choices[0].message.content or ""), chat
+    assert chat.choices[0].finish_reason == "stop", chat
     assert chat.usage is not None and chat.usage.completion_tokens > 0, chat
 
     ol = ollama.Client(host=f"http://{ip}:{port}", timeout=60)
-    reply = ol.chat(
-        model="tiny",
-        messages=[{"role": "user", "content": "Say hi"}],
-        options={"num_predict": 8, "temperature": 0},
-    )
-    assert reply.message.content, reply
+    reply = ol.chat(model="smollm2", messages=question, options={"num_predict": 24, "temperature": 0})
+    assert "Paris" in (reply.message.content or ""), reply
     print(f"apply -> pod Ready {t_ready:.1f}s, -> first answer {t_answer:.1f}s", file=sys.stderr)
     _record_timing({"apply_to_ready_s": round(t_ready, 1), "apply_to_first_answer_s": round(t_answer, 1)})
 
@@ -519,6 +543,89 @@ def test_wrong_sha256_keeps_the_pod_unready_and_says_why(
         ) from None
     assert cond["type"] == "Ready" and cond["reason"] == "ModelFetchFailed", cond
     assert event.reason == "ModelFetchFailed", event
+
+
+def test_cpu_autoscaler_scales_a_loaded_model_out_and_back_in(
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    operator_ns: str,
+    test_image: str,
+    model_server: dict[str, Any],
+) -> None:
+    """metrics-server reads the pod's CPU from the real kubelet; the HPA the operator rendered goes
+    1 -> 2 under load and back to 1 after it (the scale-down window shortened through the spec)."""
+    ns, name = operator_ns, "busy"
+    body = slmd(name, test_image, model_server["uri"], model_server["sha256"], parallel=2)
+    body["spec"]["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "targetCPUUtilizationPercentage": 50,
+        "scaleDownStabilizationSeconds": 10,
+    }
+    custom = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    ready_pod(kube_api, kubeconfig, ns, name, timeout=300)
+    scaling = client.AutoscalingV2Api(kube_api)
+    apps = client.AppsV1Api(kube_api)
+
+    def hpa_state() -> str:
+        hpa = scaling.read_namespaced_horizontal_pod_autoscaler(name, ns)
+        st = hpa.status
+        return f"current={st.current_replicas} desired={st.desired_replicas} metrics={st.current_metrics}"
+
+    def cpu_measured() -> bool:
+        hpa = scaling.read_namespaced_horizontal_pod_autoscaler(name, ns)
+        return bool(hpa.status.current_metrics)
+
+    try:
+        wait_for(cpu_measured, 120, "the HPA to read the pod's CPU from metrics.k8s.io", interval=2)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {hpa_state()}\n{describe(kubeconfig, ns)}") from None
+
+    svc = client.CoreV1Api(kube_api).read_namespaced_service(name, ns)
+    url = f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v1/completions"
+    wait_for(lambda: _connects(svc.spec.cluster_ip, svc.spec.ports[0].port), 60, "the Service", interval=1)
+    stop = threading.Event()
+    sent = [0]
+
+    def load() -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    http.post(url, json={"model": "tiny", "prompt": "count", "max_tokens": 64})
+                    sent[0] += 1
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(
+            lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 2,
+            240,
+            "the Deployment to be scaled to 2 by the HPA under load",
+            interval=2,
+        )
+    except TimeoutError as e:
+        raise AssertionError(
+            f"{e}: {hpa_state()}, {sent[0]} requests sent\n{describe(kubeconfig, ns)}"
+        ) from None
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=40)
+    try:
+        wait_for(
+            lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 1,
+            240,
+            "the Deployment to go back to 1 once the load stopped",
+            interval=2,
+        )
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {hpa_state()}\n{describe(kubeconfig, ns)}") from None
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
 
 def _mentions_checksum(text: str) -> bool:

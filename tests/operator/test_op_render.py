@@ -236,6 +236,26 @@ def test_autoscaling_omits_replicas_and_renders_hpa() -> None:
     assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
 
 
+def test_scale_down_window_defaults_to_five_minutes_and_follows_the_spec() -> None:
+    def window(**autoscaling: Any) -> int:
+        objs = _render(
+            spec(
+                autoscaling={
+                    "enabled": True,
+                    "maxReplicas": 3,
+                    "targetCPUUtilizationPercentage": 70,
+                    **autoscaling,
+                }
+            )
+        )
+        return int(
+            objs["HorizontalPodAutoscaler"]["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+        )
+
+    assert window() == 300
+    assert window(scaleDownStabilizationSeconds=15) == 15
+
+
 def test_replicas_pdb_pvc_auth() -> None:
     objs = _render(spec(**SPECS["everything"]), _pool_nodes())
     assert objs["Deployment"]["spec"]["replicas"] == 3

@@ -327,6 +327,13 @@ class AutoscalingSpec(ApiModel):
         le=10000,
         description="Scale to keep this many requests in flight per pod (needs a custom metrics adapter).",
     )
+    scale_down_stabilization_seconds: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="How long load must stay low before the autoscaler removes pods (HPA "
+        "behavior.scaleDown.stabilizationWindowSeconds): a model pod is slow to start again.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:

@@ -54,7 +54,9 @@ def build_autoscaler(ctx: RenderContext) -> dict[str, Any] | None:
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": metrics,
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds}
+            },
         },
     }
 
