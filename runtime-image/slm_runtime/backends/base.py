@@ -161,8 +161,9 @@ class Capabilities:
     """What a backend supports; the server turns a missing one into a 400, never a crash."""
 
     embeddings: bool
-    grammar: bool
+    grammar: bool  # JSON-schema / JSON structured output (`response_format`, Ollama `format`)
     logit_bias: bool
+    gbnf: bool = False  # any llama.cpp GBNF grammar (`GenerationRequest.grammar`: forced tool calls)
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,7 @@ class BatchedGGUFEngine:
         """Prompt tokens served from cached KV cells instead of being decoded (a counter)."""
         self._embed_ctx: Any = None
         self._embed_batch: _BatchBuffer | None = None
-        self.capabilities = Capabilities(embeddings=True, grammar=True, logit_bias=True)
+        self.capabilities = Capabilities(embeddings=True, grammar=True, logit_bias=True, gbnf=True)
 
     # ---- Engine protocol -------------------------------------------------------------------
 

@@ -185,7 +185,7 @@ class Service:
 
     def tool_grammar(self, tools: Sequence[Function], tool_choice: ToolChoice) -> str | None:
         """GBNF forcing a call (`required` / a named function) in this model's format, else None."""
-        if tool_choice.mode in ("required", "function") and not self.engine.capabilities.grammar:
+        if tool_choice.mode in ("required", "function") and not self.engine.capabilities.gbnf:
             raise UnsupportedError(
                 f"tool_choice '{tool_choice.mode}' needs grammars, which this model's backend lacks",
                 param="tool_choice",
