@@ -797,6 +797,7 @@ def cmd_up() -> int:
                     "--kubelet-preferred-address-types=InternalIP",
                     "--kubelet-use-node-status-port",
                     f"--metric-resolution={METRICS_SERVER_RESOLUTION}",
+                    "--kubelet-request-timeout=5s",  # must stay below the resolution
                     "--node-selector=" + ",".join(f"{k}={v}" for k, v in LABELS.items()),
                 ],
                 state,
