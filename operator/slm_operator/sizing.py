@@ -14,10 +14,10 @@ Quantization ladders: placement takes the first rung that the spec offers and th
 
 | Class | Order                                                                           |
 |-------|---------------------------------------------------------------------------------|
-| gpu   | GGUF F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_0, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M, |
-|       | Q2_K, F32; then ONNX FP16, INT4, INT8, FP32                                     |
-| cpu   | GGUF Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q4_0, Q5_0, Q6_K, Q8_0, Q3_K_M, Q2_K, F16, |
-|       | BF16, F32; then ONNX INT4, INT8, FP16, FP32                                     |
+| gpu   | GGUF F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1,   |
+|       | Q4_0, Q3_K_M, Q2_K, F32; then ONNX FP16, INT4, INT8, FP32                       |
+| cpu   | GGUF Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q4_1, Q4_0, Q5_1, Q5_0, Q6_K, Q8_0, Q3_K_M, |
+|       | Q2_K, F16, BF16, F32; then ONNX INT4, INT8, FP16, FP32                          |
 | npu   | ONNX INT4, INT8, FP16, FP32 (GGUF cannot run on an NPU)                         |
 
 So a GPU serves F16 when it fits in GPU memory, else Q8_0, else a 4-bit K-quant; a CPU (memory-bandwidth
@@ -43,9 +43,11 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "Q6_K": 6.56,
     "Q5_K_M": 5.69,
     "Q5_K_S": 5.54,
+    "Q5_1": 6.0,
     "Q5_0": 5.5,
     "Q4_K_M": 4.85,
     "Q4_K_S": 4.58,
+    "Q4_1": 5.0,
     "Q4_0": 4.55,
     "INT4": 4.5,
     "Q3_K_M": 3.91,
@@ -57,11 +59,11 @@ RUNTIME_BASE_BYTES = 256 * MI
 
 Rung = tuple[ModelFormat, Quantization]
 _GGUF_GPU: tuple[Quantization, ...] = (
-    "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0",
-    "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K", "F32",
+    "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
+    "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "F32",
 )  # fmt: skip
 _GGUF_CPU: tuple[Quantization, ...] = (
-    "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q4_0", "Q5_0", "Q6_K",
+    "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q4_1", "Q4_0", "Q5_1", "Q5_0", "Q6_K",
     "Q8_0", "Q3_K_M", "Q2_K", "F16", "BF16", "F32",
 )  # fmt: skip
 LADDERS: dict[HardwareClass, tuple[Rung, ...]] = {
