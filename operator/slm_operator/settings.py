@@ -27,6 +27,10 @@ class Settings:
     resync_seconds: float = 60.0
     priority: int = 0
     field_manager: str = "slm-operator"
+    workers: int = 16
+    """kopf's handler threads (reconciles in parallel; each mostly waits on the API server)."""
+    peering_lifetime: int = 60
+    """Seconds a peer's keep-alive counts: the longest a standby waits after its leader died."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
