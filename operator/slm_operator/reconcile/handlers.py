@@ -63,9 +63,9 @@ def context_of(memo: Any) -> OperatorContext:
     return ctx
 
 
-def on_change(body: Any, memo: Any, retry: int = 0, **_: Any) -> None:
+def on_change(body: Any, memo: Any, retry: int = 0, reason: str = "", **_: Any) -> None:
     """create / update / resume of an SLMDeployment."""
-    run_reconcile(context_of(memo), plain(body), "change", retry)
+    run_reconcile(context_of(memo), plain(body), "change", retry, created=reason == "create")
 
 
 def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:

@@ -58,14 +58,21 @@ def post(ctx: OperatorContext, body: Obj, events: list[Event]) -> None:
                 log.warning("could not post event %s: %s", reason, err)
 
 
-def run_reconcile(ctx: OperatorContext, body: Obj, trigger: str, retry: int = 0) -> None:
-    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure."""
+def run_reconcile(
+    ctx: OperatorContext, body: Obj, trigger: str, retry: int = 0, *, created: bool = False
+) -> None:
+    """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure.
+
+    The first reconcile of an owner in this process lists its children once (what a previous
+    process applied, for pruning), except right after its creation (`created`): children are
+    controlled by the owner's uid, so a new object has none yet.
+    """
     owner = Owner.from_body(body)
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
         try:
             if not ctx.applied.known(owner):
-                ctx.applied.seed(owner, list_children(ctx.cluster, owner))
+                ctx.applied.seed(owner, {} if created else list_children(ctx.cluster, owner))
             outcome = reconcile(body, ctx.cluster, ctx.observed(owner), image=ctx.settings.runtime_image)
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
