@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
@@ -50,7 +51,8 @@ def _mapped(what: str) -> Iterator[None]:
         raise KubeError(f"{what}: {err.status} {err.reason}: {_summary(err)}", status=err.status) from err
     except client.ApiException as err:
         raise KubeError(f"{what}: {err.status} {err.reason}", status=err.status) from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, urllib3.exceptions.HTTPError) as err:
+        # connection refused / reset, timeouts, MaxRetryError while the API server is away
         raise KubeError(f"{what}: {err}") from err
 
 

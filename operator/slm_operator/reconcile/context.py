@@ -43,10 +43,22 @@ class OperatorCluster(Cluster, Protocol):
 
 
 def _slim_deployment(obj: Mapping[str, Any]) -> Obj:
+    """What status (replicas, generations) and reservations (requests, scheduling) read of a
+    Deployment."""
     meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    pod = ((spec.get("template") or {}).get("spec")) or {}
+    kept: Obj = {
+        key: [{"resources": c.get("resources") or {}} for c in pod.get(key) or ()]
+        for key in ("containers", "initContainers")
+    }
+    kept.update({k: pod[k] for k in ("nodeSelector", "tolerations", "affinity") if pod.get(k)})
+    slim_spec: Obj = {"template": {"spec": kept}}
+    if "replicas" in spec:
+        slim_spec["replicas"] = spec["replicas"]
     return {
         "metadata": {k: meta[k] for k in ("name", "generation", "resourceVersion") if k in meta},
-        "spec": {k: v for k, v in (obj.get("spec") or {}).items() if k in ("replicas", "template")},
+        "spec": slim_spec,
         "status": obj.get("status") or {},
     }
 

@@ -15,7 +15,6 @@ creates do not all pick the one free device.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,14 +114,21 @@ def key_of(obj: Mapping[str, Any]) -> Key:
 
 
 def owned(objects: Iterable[Obj], owner: Owner) -> list[Obj]:
-    """Copies of `objects` placed in the owner's namespace with its controller reference."""
-    result = []
-    for obj in objects:
-        child = copy.deepcopy(obj)
-        child["metadata"]["namespace"] = owner.namespace
-        child["metadata"]["ownerReferences"] = [owner.reference()]
-        result.append(child)
-    return result
+    """`objects` placed in the owner's namespace with its controller reference.
+
+    New top-level and metadata dicts; everything below is shared with `objects` (fresh from the
+    renderer, which nobody else holds: a deep copy cost a third of a plan)."""
+    return [
+        {
+            **obj,
+            "metadata": {
+                **obj["metadata"],
+                "namespace": owner.namespace,
+                "ownerReferences": [owner.reference()],
+            },
+        }
+        for obj in objects
+    ]
 
 
 def is_controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
