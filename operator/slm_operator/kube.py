@@ -129,8 +129,9 @@ class Kube:
         )
         return dict(result.to_dict())
 
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
-        what = f"list {kind} in {namespace}"
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
+        """Objects with the label `selector` in `namespace` (None: in every namespace)."""
+        what = f"list {kind} in {namespace or 'all namespaces'}"
         resource = self._call(what, lambda: self._resource(api_version, kind))
         items = self._call(what, lambda: resource.get(namespace=namespace, label_selector=selector))
         return [dict(item.to_dict(), apiVersion=api_version, kind=kind) for item in items.items]

@@ -204,7 +204,7 @@ class CountingCluster(FakeCluster):
         self.calls.append("patch_status")
         super().patch_status(namespace, name, status)
 
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
         self.calls.append("list")
         return super().list_labelled(api_version, kind, namespace, selector)
 
@@ -242,7 +242,8 @@ def test_a_steady_fleet_resyncs_without_api_calls() -> None:
     done: dict[tuple[str, str], Any] = {}
     failed: set[tuple[str, str]] = set()
     assert resync_once(ctx, done, failed, full=True) == 5
-    assert cluster.calls.count("apply") == 5 * 5 and cluster.calls.count("list") == 5 * len(CHILDREN)
+    # one list per child kind for the whole fleet (what a previous process left), not per owner
+    assert cluster.calls.count("apply") == 5 * 5 and cluster.calls.count("list") == len(CHILDREN)
     # pending accounting: the first two take the two GPUs, the others fall back to cpu
     assert [s["hardware"] for s in cluster.status_patches] == ["gpu", "gpu", "cpu", "cpu", "cpu"]
     _sync_status(ctx, cluster, bodies)
@@ -300,3 +301,25 @@ def test_rbac_follows_the_child_table_and_lets_the_informers_watch() -> None:
     for resource in ("nodes", "pods"):
         assert {("", resource, "list"), ("", resource, "watch")} <= granted
     assert ("slm.dev", "slmdeployments", "watch") in granted
+
+
+def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> None:
+    cluster, ctx, bodies = _fleet(2)
+    scaled = {
+        "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
+    }
+    for body in bodies:
+        body["spec"] = copy.deepcopy(scaled)
+        run_reconcile(ctx, plain(body), "change")
+    assert cluster.kinds().count("HorizontalPodAutoscaler") == 2
+    # a new process (empty memory) meets the same children after the spec dropped autoscaling
+    restarted = _ctx(cluster)
+    cluster.calls.clear()
+    for body in bodies:
+        body["spec"].pop("autoscaling")
+        body["metadata"]["generation"] = 2
+        run_reconcile(restarted, plain(body), "resync")
+    assert "HorizontalPodAutoscaler" not in cluster.kinds()
+    assert cluster.calls.count("list") == len(CHILDREN)
+    assert cluster.calls.count("delete") == 4  # the HPA and the PDB of each

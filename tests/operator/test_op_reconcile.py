@@ -86,12 +86,14 @@ class FakeCluster:
         self.objects[key_of(obj)] = stored
         return copy.deepcopy(stored)
 
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
         key, _, value = selector.partition("=")
         return [
             copy.deepcopy(o)
             for (av, k, ns, _n), o in self.objects.items()
-            if (av, k, ns) == (api_version, kind, namespace) and o["metadata"]["labels"].get(key) == value
+            if (av, k) == (api_version, kind)
+            and namespace in (None, ns)
+            and o["metadata"]["labels"].get(key) == value
         ]
 
     def delete(self, obj: Obj) -> None:

@@ -19,12 +19,23 @@ from typing import Any, Protocol
 
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.cache import FleetCache
-from slm_operator.reconcile.plan import Key, Obj, Observed, Owner, key_of, observed_form, reservations
+from slm_operator.reconcile.plan import (
+    CHILD_KINDS,
+    Key,
+    Obj,
+    Observed,
+    Owner,
+    key_of,
+    observed_form,
+    reservations,
+)
 from slm_operator.reconcile.reconciler import Cluster
-from slm_operator.render import DEPLOYMENT_LABEL
+from slm_operator.render import DEPLOYMENT_LABEL, MANAGED_BY
+from slm_operator.render.metadata import MANAGED_BY_LABEL
 from slm_operator.settings import Settings
 
 OwnerKey = tuple[str, str]
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 
 
 class Background(Protocol):
@@ -74,6 +85,7 @@ class AppliedCache:
         self._by_owner: dict[OwnerKey, set[Key]] = {}
         self._deployments: dict[OwnerKey, Obj] = {}
         self._listed: set[OwnerKey] = set()
+        self.primed = False
         self.version = 0
         """Bumped when a remembered child or a Deployment's spec changes (the resync's fingerprint)."""
 
@@ -109,10 +121,20 @@ class AppliedCache:
                 self._by_owner.setdefault((owner.namespace, owner.name), set()).add(key)
             self._listed.add((owner.namespace, owner.name))
 
+    def seed_all(self, children: Iterable[Mapping[str, Any]]) -> None:
+        """Every managed child a startup list found: from now on every owner is known (a child
+        created later was created by this process, which remembers it)."""
+        with self._lock:
+            for obj in children:
+                key = key_of(obj)
+                self._objects.setdefault(key, observed_form(obj))
+                self._by_owner.setdefault(_owner_of(key, obj), set()).add(key)
+            self.primed = True
+
     def known(self, owner: Owner) -> bool:
         """Whether this process has listed or applied the owner's children already."""
         with self._lock:
-            return (owner.namespace, owner.name) in self._listed
+            return self.primed or (owner.namespace, owner.name) in self._listed
 
     def observe_deployment(self, obj: Mapping[str, Any]) -> None:
         """A Deployment watch event: its status is what the next status computation reads."""
@@ -235,12 +257,29 @@ class OperatorContext:
     cache: FleetCache = field(default_factory=FleetCache)
     leadership: Leadership = field(default_factory=Leadership)
     background: list[Background] = field(default_factory=list)
+    _prime_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def active(self) -> bool:
         return self.leadership.active(self.cache)
 
+    def prime(self) -> None:
+        """List every managed child once (per kind, per watched namespace or cluster-wide) and
+        remember them, instead of listing each owner's children at its first reconcile."""
+        with self._prime_lock:
+            if self.applied.primed:
+                return
+            scopes: list[str | None] = list(self.settings.namespaces) or [None]
+            found: list[Obj] = []
+            for namespace in scopes:
+                for api_version, kind in CHILD_KINDS:
+                    found += self.cluster.list_labelled(api_version, kind, namespace, MANAGED_SELECTOR)
+            self.applied.seed_all(found)
+
     def owner_body(self, namespace: str, name: str) -> Obj | None:
-        """The SLMDeployment from the cache, or from the API when the cache does not have it."""
+        """The SLMDeployment from the cache (once its informer listed), or from the API when the
+        cache does not have it."""
+        if self.background:
+            self.cache.owners.synced.wait(timeout=30)
         cached = self.cache.owners.get(namespace, name)
         if cached is not None:
             return cached

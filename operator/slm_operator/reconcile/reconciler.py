@@ -17,28 +17,26 @@ from slm_operator.api import SLMDeploymentSpec
 from slm_operator.errors import SecretNotFoundError, SlmOperatorError
 from slm_operator.placement import Placement
 from slm_operator.reconcile.plan import (
-    CHILD_KINDS,
     Event,
     Obj,
     Observed,
     Owner,
     Plan,
     Step,
-    observed_form,
     parse_spec,
     placement_events,
     plan,
 )
 from slm_operator.reconcile.status import condition_message, failed_status, now_rfc3339
-from slm_operator.render import DEFAULT_IMAGE, DEPLOYMENT_LABEL
+from slm_operator.render import DEFAULT_IMAGE
 
 __all__ = [
     "Cluster",
     "Event",
     "Outcome",
+    "Step",
     "check_secret",
     "execute",
-    "list_children",
     "parse_spec",
     "placement_events",
     "reconcile",
@@ -51,7 +49,9 @@ class Cluster(Protocol):
 
     def read_secret(self, namespace: str, name: str) -> Obj | None: ...
     def apply(self, obj: Obj) -> Obj: ...
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]: ...
+    def list_labelled(
+        self, api_version: str, kind: str, namespace: str | None, selector: str
+    ) -> list[Obj]: ...
     def delete(self, obj: Obj) -> None: ...
     def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None: ...
 
@@ -82,17 +82,6 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} (spec.auth.apiKeySecretRef) not found")
     if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
-
-
-def list_children(cluster: Cluster, owner: Owner) -> dict[tuple[str, str, str, str], Obj]:
-    """Every existing child of `owner`, listed (the first reconcile of an owner in a process)."""
-    selector = f"{DEPLOYMENT_LABEL}={owner.name}"
-    found: dict[tuple[str, str, str, str], Obj] = {}
-    for api_version, kind in CHILD_KINDS:
-        for obj in cluster.list_labelled(api_version, kind, owner.namespace, selector):
-            meta = obj.get("metadata") or {}
-            found[(api_version, kind, owner.namespace, str(meta.get("name")))] = observed_form(obj)
-    return found
 
 
 def execute(plan: Plan, cluster: Cluster) -> Outcome:
@@ -151,6 +140,3 @@ def report_failure(
     if condition_message(old_status, "Degraded") == str(error):
         return []
     return [("Warning", error.reason, str(error))]
-
-
-_ = Step  # re-exported for callers that build plans by hand

@@ -17,7 +17,7 @@ import kopf
 from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SlmOperatorError, SpecError
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.plan import Event, Obj, Owner, count_by_kind, key_of
-from slm_operator.reconcile.reconciler import list_children, reconcile, report_failure
+from slm_operator.reconcile.reconciler import reconcile, report_failure
 from slm_operator.reconcile.status import now_rfc3339
 
 log = logging.getLogger("slm_operator")
@@ -63,16 +63,19 @@ def run_reconcile(
 ) -> None:
     """Reconcile under the owner's lock, record metrics and Events; raise kopf's errors on failure.
 
-    The first reconcile of an owner in this process lists its children once (what a previous
-    process applied, for pruning), except right after its creation (`created`): children are
-    controlled by the owner's uid, so a new object has none yet.
+    The first reconcile of an existing owner in this process lists every managed child once
+    (`OperatorContext.prime`: what a previous process applied, for pruning); a newly created owner
+    (`created`) needs no list: children are controlled by the owner's uid, so it has none yet.
     """
     owner = Owner.from_body(body)
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
         try:
             if not ctx.applied.known(owner):
-                ctx.applied.seed(owner, {} if created else list_children(ctx.cluster, owner))
+                if created:
+                    ctx.applied.seed(owner, {})
+                else:
+                    ctx.prime()
             outcome = reconcile(body, ctx.cluster, ctx.observed(owner), image=ctx.settings.runtime_image)
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
