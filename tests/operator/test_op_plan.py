@@ -17,6 +17,7 @@ from slm_operator.reconcile.plan import (
     CHILDREN,
     Observed,
     Plan,
+    RenderMemo,
     key_of,
     observed_form,
     plan,
@@ -247,3 +248,25 @@ def test_reservations_stand_in_for_pods_a_deployment_still_wants() -> None:
     assert stand_ins[0]["metadata"]["labels"] == {"slm.dev/deployment": "a"}
     assert stand_ins[0]["spec"]["containers"][0]["resources"]["requests"] == {"nvidia.com/gpu": "1"}
     assert "nodeName" not in stand_ins[0]["spec"] and stand_ins[0]["status"]["phase"] == "Pending"
+
+
+def test_the_render_memo_renders_again_only_when_an_input_changes() -> None:
+    memo = RenderMemo()
+    body, observed = _fresh()
+    first = plan(body, observed, image="img:1", timestamp="t0", render=memo)
+    again = plan(body, observed, image="img:1", timestamp="t1", render=memo)
+    assert again.desired == first.desired
+
+    def spec_of(p: Plan) -> Obj:
+        return next(o for o in p.desired if o["kind"] == "Deployment")["spec"]
+
+    assert spec_of(again) is spec_of(first)  # not rendered again
+    other_image = plan(body, observed, image="img:2", timestamp="t2", render=memo)
+    images = {
+        c["image"]
+        for o in other_image.desired
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {"img:2"}
+    assert _summary(plan(body, observed, image="img:1", timestamp="t0")) == _summary(first)

@@ -192,6 +192,10 @@ class Store:
         with self._lock:
             return [self._items[k] for k in sorted(self._by_owner.get((namespace, name), ()))]
 
+    def count_owned(self, namespace: str, name: str) -> int:
+        with self._lock:
+            return len(self._by_owner.get((namespace, name), ()))
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

@@ -25,6 +25,7 @@ from slm_operator.reconcile.plan import (
     Obj,
     Observed,
     Owner,
+    RenderMemo,
     key_of,
     observed_form,
     reservations,
@@ -85,6 +86,7 @@ class AppliedCache:
         self._by_owner: dict[OwnerKey, set[Key]] = {}
         self._deployments: dict[OwnerKey, Obj] = {}
         self._listed: set[OwnerKey] = set()
+        self._wanting: set[OwnerKey] = set()
         self.primed = False
         self.version = 0
         """Bumped when a remembered child or a Deployment's spec changes (the resync's fingerprint)."""
@@ -112,6 +114,10 @@ class AppliedCache:
         if before is None or before.get("spec") != slim.get("spec"):
             self.version += 1
         self._deployments[owner] = slim
+        if slim["spec"].get("replicas", 1) != 0:
+            self._wanting.add(owner)
+        else:
+            self._wanting.discard(owner)
 
     def seed(self, owner: Owner, children: Mapping[Key, Obj]) -> None:
         """The children a list found (the first reconcile of an owner in this process)."""
@@ -152,9 +158,10 @@ class AppliedCache:
         with self._lock:
             return self._deployments.get((namespace, name))
 
-    def deployments(self) -> dict[OwnerKey, Obj]:
+    def wanting(self) -> dict[OwnerKey, Obj]:
+        """The remembered Deployments that want pods (replicas unset or above 0)."""
         with self._lock:
-            return dict(self._deployments)
+            return {k: self._deployments[k] for k in self._wanting}
 
     def is_own_write(self, obj: Mapping[str, Any]) -> bool:
         """Whether `obj` is exactly the version the operator's last apply produced."""
@@ -179,6 +186,7 @@ class AppliedCache:
                 self._objects.pop(key, None)
                 self._versions.pop(key, None)
             self._deployments.pop((namespace, name), None)
+            self._wanting.discard((namespace, name))
             self._listed.discard((namespace, name))
             self.version += 1
 
@@ -257,10 +265,23 @@ class OperatorContext:
     cache: FleetCache = field(default_factory=FleetCache)
     leadership: Leadership = field(default_factory=Leadership)
     background: list[Background] = field(default_factory=list)
+    render: RenderMemo = field(default_factory=RenderMemo)
+    _children_counted: dict[OwnerKey, dict[str, int]] = field(default_factory=dict)
     _prime_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def active(self) -> bool:
         return self.leadership.active(self.cache)
+
+    def record_children(self, owner: OwnerKey, counts: dict[str, int]) -> None:
+        """Publish an owner's child counts (the gauge), only when they changed: republishing
+        costs a pass over every owner."""
+        if self._children_counted.get(owner) == counts:
+            return
+        if counts:
+            self._children_counted[owner] = counts
+        else:
+            self._children_counted.pop(owner, None)
+        self.metrics.record_children(owner, counts)
 
     def prime(self) -> None:
         """List every managed child once (per kind, per watched namespace or cluster-wide) and
@@ -287,18 +308,12 @@ class OperatorContext:
 
     def observed(self, owner: Owner) -> Observed:
         """What the caches say about `owner`'s world: no API call."""
-        pods = self.cache.pods.items()
-        counts: dict[OwnerKey, int] = {}
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            label = (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
-            if label and not meta.get("deletionTimestamp"):
-                key = (str(meta.get("namespace")), str(label))
-                counts[key] = counts.get(key, 0) + 1
-        others = {k: d for k, d in self.applied.deployments().items() if k != (owner.namespace, owner.name)}
+        own = (owner.namespace, owner.name)
+        wanting = {k: d for k, d in self.applied.wanting().items() if k != own}
+        counts = {k: self.cache.pods.count_owned(*k) for k in wanting}
         return Observed(
             nodes=self.cache.nodes.items(),
-            pods=[*pods, *reservations(others, counts)],
+            pods=[*self.cache.pods.items(), *reservations(wanting, counts)],
             children=self.applied.children(owner.namespace, owner.name),
             deployment=self.applied.deployment(owner.namespace, owner.name),
         )

@@ -79,7 +79,8 @@ def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         ctx.applied.forget_owner(namespace, name)
-        ctx.metrics.record_children((namespace, name), {})
+        ctx.render.forget(namespace, name)
+        ctx.record_children((namespace, name), {})
 
 
 async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:

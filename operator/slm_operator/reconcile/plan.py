@@ -15,7 +15,8 @@ creates do not all pick the one free device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,12 +334,13 @@ def plan(
     image: str,
     timestamp: str,
     spec: SLMDeploymentSpec | None = None,
+    render: Callable[[RenderContext], list[Obj]] = render_all,
 ) -> Plan:
     """Desired children of the SLMDeployment `body` against `observed`: what to apply and delete.
 
     Raises `SpecError` (invalid spec) and `PlacementError` (nothing fits), as the reconcile did.
     Deterministic: the order of `observed.nodes`, `observed.pods` and `observed.children` does not
-    change the plan.
+    change the plan. `render` is `render_all` or a memo of it (`RenderMemo`).
     """
     owner = Owner.from_body(body)
     old_status = body.get("status") or {}
@@ -347,7 +349,7 @@ def plan(
     ctx = RenderContext(
         name=owner.name, namespace=owner.namespace, spec=spec, placement=placement, default_image=image
     )
-    desired = owned(render_all(ctx), owner)
+    desired = owned(render(ctx), owner)
     apply = []
     for obj in desired:
         reason = apply_reason(obj, observed.children.get(key_of(obj)))
@@ -422,3 +424,31 @@ def reservations(
                 }
             )
     return stand_ins
+
+
+class RenderMemo:
+    """`render_all`, remembered per SLMDeployment for as long as its inputs stay the same.
+
+    The inputs are the whole `RenderContext` (name, namespace, spec, placement, image), compared by
+    value; a re-plan that changes nothing (the resync after a burst, a node event) then costs no
+    rendering, which is most of a plan's CPU (the runtime config is serialised twice). One entry per
+    SLMDeployment, sharing the objects it returns (nobody mutates rendered objects)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str | None, str], tuple[RenderContext, list[Obj]]] = {}
+
+    def __call__(self, ctx: RenderContext) -> list[Obj]:
+        key = (ctx.namespace, ctx.name)
+        with self._lock:
+            hit = self._last.get(key)
+        if hit is not None and hit[0] == ctx:
+            return hit[1]
+        rendered = render_all(ctx)
+        with self._lock:
+            self._last[key] = (ctx, rendered)
+        return rendered
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._last.pop((namespace, name), None)

@@ -9,7 +9,7 @@ only when it changes: a plan with nothing to do makes no API call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from slm_operator.reconcile.plan import (
     plan,
 )
 from slm_operator.reconcile.status import condition_message, failed_status, now_rfc3339
-from slm_operator.render import DEFAULT_IMAGE
+from slm_operator.render import DEFAULT_IMAGE, RenderContext, render_all
 
 __all__ = [
     "Cluster",
@@ -115,12 +115,15 @@ def reconcile(
     *,
     image: str = DEFAULT_IMAGE,
     timestamp: str | None = None,
+    render: Callable[[RenderContext], list[Obj]] = render_all,
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status."""
     owner = Owner.from_body(body)
     spec = parse_spec(body)
     check_secret(spec, owner.namespace, cluster)
-    the_plan = plan(body, observed, image=image, timestamp=timestamp or now_rfc3339(), spec=spec)
+    the_plan = plan(
+        body, observed, image=image, timestamp=timestamp or now_rfc3339(), spec=spec, render=render
+    )
     return execute(the_plan, cluster)
 
 

@@ -76,7 +76,9 @@ def run_reconcile(
                     ctx.applied.seed(owner, {})
                 else:
                     ctx.prime()
-            outcome = reconcile(body, ctx.cluster, ctx.observed(owner), image=ctx.settings.runtime_image)
+            outcome = reconcile(
+                body, ctx.cluster, ctx.observed(owner), image=ctx.settings.runtime_image, render=ctx.render
+            )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
             log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)
@@ -91,5 +93,5 @@ def run_reconcile(
             ctx.applied.forget(key_of(obj))
         if outcome.patched is not None:
             ctx.cache.owners.upsert(outcome.patched)
-    ctx.metrics.record_children((owner.namespace, owner.name), count_by_kind(outcome.desired))
+    ctx.record_children((owner.namespace, owner.name), count_by_kind(outcome.desired))
     post(ctx, body, outcome.events)
