@@ -65,19 +65,41 @@ class Kube:
     """Typed-by-convention access to the few API calls the operator makes."""
 
     def __init__(
-        self, api_client: client.ApiClient | None = None, field_manager: str = FIELD_MANAGER
+        self,
+        api_client: client.ApiClient | None = None,
+        field_manager: str = FIELD_MANAGER,
+        *,
+        connections: int = 20,
     ) -> None:
         self._api_client = api_client
+        self._watch_client: client.ApiClient | None = api_client
         self._field_manager = field_manager
+        self._connections = connections
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
         self.requests = RequestCounter()
+
+    def _new_client(self, connections: int) -> client.ApiClient:
+        """A client on the loaded configuration with a pool of `connections` kept connections
+        (the default, 5 per CPU, would open a new TLS connection for each request beyond it)."""
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(connections, 1)
+        return client.ApiClient(configuration)
+
+    def watch_client(self) -> client.ApiClient:
+        """The informers' own client: their long watches never take the reconciles' connections."""
+        with self._lock:
+            if self._watch_client is None:
+                self._watch_client = self._new_client(8)
+            if not getattr(self._watch_client, "_slm_counted", False):
+                self.requests.wrap(self._watch_client)
+            return self._watch_client
 
     def api_client(self) -> client.ApiClient:
         """The client every request goes through, counting its requests by verb."""
         with self._lock:
             if self._api_client is None:
-                self._api_client = client.ApiClient()
+                self._api_client = self._new_client(self._connections)
             if not getattr(self._api_client, "_slm_counted", False):
                 self.requests.wrap(self._api_client)
             return self._api_client
@@ -389,7 +411,7 @@ class Informer:
                 backoff = min(self._max_backoff, backoff * 2)
 
     def _get(self, query: list[tuple[str, str]], timeout: tuple[float, float]) -> Any:
-        return raw_get(self._kube.api_client(), self._target.path, query, timeout)
+        return raw_get(self._kube.watch_client(), self._target.path, query, timeout)
 
     def _list(self) -> str:
         items: list[Obj] = []

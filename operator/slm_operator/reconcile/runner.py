@@ -66,7 +66,7 @@ def own_identity() -> str:
 def run_operator(settings: Settings) -> None:
     kopf.configure(log_format=kopf.LogFormat.PLAIN)
     load_config()
-    kube = Kube(field_manager=settings.field_manager)
+    kube = Kube(field_manager=settings.field_manager, connections=settings.workers + 4)
     leadership = Leadership(settings.peering, own_identity(), settings.priority)
     ctx = OperatorContext(settings=settings, cluster=kube, leadership=leadership)
     requests = Counter(
