@@ -47,6 +47,8 @@ import yaml
 from kubernetes import client, watch
 from kubernetes import config as kube_config
 
+from slm_operator.kube import raw_get
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("SLM_CLUSTER_DIR") or ROOT / ".local-cluster")
 LOCAL_CLUSTER = ROOT / "hack" / "local-cluster"
@@ -182,9 +184,7 @@ def operator(kubeconfig: Path, resync: float, workdir: Path) -> Iterator[Operato
 
 def apiserver_counts(api: client.ApiClient) -> dict[tuple[str, str], float]:
     """apiserver_request_total summed by (verb, resource) for the resources the operator touches."""
-    text = api.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True
-    ).data.decode()
+    text = raw_get(api, "/metrics", [], (10, 60)).data.decode()
     counts: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):

@@ -297,10 +297,10 @@ class OperatorContext:
             self.applied.seed_all(found)
 
     def owner_body(self, namespace: str, name: str) -> Obj | None:
-        """The SLMDeployment from the cache (once its informer listed), or from the API when the
-        cache does not have it."""
-        if self.background:
-            self.cache.owners.synced.wait(timeout=30)
+        """The SLMDeployment from the cache once its informer has listed (absent there: gone, so
+        that the child events of a deleted namespace cost no request each), else from the API."""
+        if self.background and self.cache.owners.synced.wait(timeout=30):
+            return self.cache.owners.get(namespace, name)
         cached = self.cache.owners.get(namespace, name)
         if cached is not None:
             return cached
