@@ -228,12 +228,15 @@ class Kube:
         resource = self._call("discover Event", lambda: self._resource("v1", "Event"))
         self._call(f"post event {reason}", lambda: resource.create(body=event, namespace=namespace))
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        """JSON merge patch of the status subresource (lists such as conditions are replaced whole)."""
+    def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None:
+        """JSON merge patch of the status subresource (lists such as conditions are replaced whole).
+
+        Returns the SLMDeployment as the patch left it (None when it is gone), which the caller
+        writes through into its cache."""
         resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))
         try:
             with _mapped(f"patch status of SLMDeployment {namespace}/{name}"):
-                self._client().patch(  # type: ignore[no-untyped-call]
+                result = self._client().patch(  # type: ignore[no-untyped-call]
                     resource.status,
                     body={"status": status},
                     name=name,
@@ -243,6 +246,8 @@ class Kube:
         except KubeError as err:
             if err.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+            return None
+        return dict(result.to_dict()) if result is not None else None
 
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
