@@ -323,3 +323,21 @@ def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> 
     assert "HorizontalPodAutoscaler" not in cluster.kinds()
     assert cluster.calls.count("list") == len(CHILDREN)
     assert cluster.calls.count("delete") == 4  # the HPA and the PDB of each
+
+
+def test_a_stale_trigger_body_does_not_report_the_placement_again() -> None:
+    """kopf's create event can carry an older copy than the cache (whose status this process wrote
+    meanwhile, e.g. from a resync): the reconcile uses the newer one, so no second Placed."""
+    cluster, ctx, bodies = _fleet(1)
+    stale = copy.deepcopy(bodies[0])
+    stale["metadata"]["resourceVersion"] = "5"
+    run_reconcile(ctx, plain(stale), "resync")
+    assert [r for _, r, _ in cluster.events] == ["Placed"]
+    fresher = copy.deepcopy(stale)
+    fresher["metadata"]["resourceVersion"] = "6"
+    fresher["status"] = copy.deepcopy(cluster.status_patches[-1])
+    ctx.cache.owners.upsert(fresher)
+    cluster.calls.clear()
+    run_reconcile(ctx, plain(stale), "change")
+    assert [r for _, r, _ in cluster.events] == ["Placed"]
+    assert cluster.calls == []

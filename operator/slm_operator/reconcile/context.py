@@ -306,6 +306,25 @@ class OperatorContext:
             return cached
         return self.cluster.get_slmdeployment(namespace, name)
 
+    def freshest(self, body: Obj) -> Obj:
+        """`body`, or the cached SLMDeployment when that is a newer version of the same object
+        (a status this process wrote meanwhile): a trigger that carries an older copy must not
+        report the placement again or rewrite a status that is already there."""
+        meta = body.get("metadata") or {}
+        cached = self.cache.owners.get(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if cached is None or (cached.get("metadata") or {}).get("uid") != meta.get("uid"):
+            return body
+        mine = str(meta.get("resourceVersion") or "")
+        theirs = str((cached.get("metadata") or {}).get("resourceVersion") or "")
+        if mine.isdigit() and theirs.isdigit() and int(theirs) > int(mine):
+            return {
+                **body,
+                "metadata": {**meta, **cached["metadata"]},
+                "spec": cached["spec"],
+                "status": cached["status"],
+            }
+        return body
+
     def observed(self, owner: Owner) -> Observed:
         """What the caches say about `owner`'s world: no API call."""
         own = (owner.namespace, owner.name)

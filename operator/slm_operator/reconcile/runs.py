@@ -69,6 +69,7 @@ def run_reconcile(
     """
     owner = Owner.from_body(body)
     with ctx.locks.hold(owner.namespace, owner.name), ctx.metrics.duration.time():
+        body = ctx.freshest(body)
         ctx.metrics.reconciles.labels(trigger=trigger).inc()
         try:
             if not ctx.applied.known(owner):
