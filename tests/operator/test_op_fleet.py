@@ -341,3 +341,16 @@ def test_a_stale_trigger_body_does_not_report_the_placement_again() -> None:
     run_reconcile(ctx, plain(stale), "change")
     assert [r for _, r, _ in cluster.events] == ["Placed"]
     assert cluster.calls == []
+
+
+def test_a_node_heartbeat_does_not_change_the_node_store() -> None:
+    store = Store(slim_node)
+    nodes = bed_nodes()
+    store.replace(nodes)
+    version = store.version
+    beat = copy.deepcopy(nodes[0])
+    beat["metadata"]["resourceVersion"] = "999"
+    for cond in beat["status"].get("conditions") or ():
+        cond["lastHeartbeatTime"] = "2026-12-01T00:00:09Z"
+    store.upsert(beat)
+    assert store.version == version

@@ -36,7 +36,10 @@ def _meta(obj: Mapping[str, Any], *keys: str) -> Obj:
 
 
 def slim_node(node: Mapping[str, Any]) -> Obj:
-    """What placement reads of a Node: labels, taints, unschedulable, allocatable, Ready."""
+    """What placement reads of a Node: labels, taints, unschedulable, allocatable, Ready.
+
+    Without the resourceVersion: a node's heartbeat (a new version every few seconds) changes
+    nothing placement reads, so it must not change the store's version and wake every re-plan."""
     spec = node.get("spec") or {}
     status = node.get("status") or {}
     ready = [
@@ -45,7 +48,7 @@ def slim_node(node: Mapping[str, Any]) -> Obj:
         if c.get("type") == "Ready"
     ]
     return {
-        "metadata": _meta(node, "name", "labels", "resourceVersion"),
+        "metadata": _meta(node, "name", "labels"),
         "spec": {k: spec[k] for k in ("unschedulable", "taints") if k in spec},
         "status": {"allocatable": dict(status.get("allocatable") or {}), "conditions": ready},
     }
