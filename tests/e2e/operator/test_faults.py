@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from slm_operator.rbac import rules
+
 from ..helpers import LOCAL_CLUSTER, wait_for
 from . import support
 from .conftest import (
@@ -194,6 +196,37 @@ def test_restart_during_reconciles_converges_soon_after_the_return(
     assert max(_events(kube_api, slm_namespace, "Placed").values(), default=0) <= 2
 
 
+@pytest.fixture
+def peering_rbac(kube_api: client.ApiClient, operator_release: Release) -> Iterator[None]:
+    """The peering rules `slm-operator rbac` lists, which the chart grants only with HA on
+    (this session installed it with replicaCount=0)."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    name = f"e2e-peering-{uuid.uuid4().hex[:6]}"
+    rule = next(r for r in rules() if "kopf.dev" in r["apiGroups"])
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": [rule]})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": operator_release.service_account,
+                    "namespace": operator_release.namespace,
+                }
+            ],
+        }
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(client.ApiException):
+            rbac.delete_cluster_role_binding(name)
+        with contextlib.suppress(client.ApiException):
+            rbac.delete_cluster_role(name)
+
+
+@pytest.mark.usefixtures("peering_rbac")
 def test_the_standby_does_nothing_and_takes_over_when_the_leader_dies(
     kube_api: client.ApiClient, slm_namespace: str, ops: Operators
 ) -> None:
