@@ -354,3 +354,23 @@ def test_a_node_heartbeat_does_not_change_the_node_store() -> None:
         cond["lastHeartbeatTime"] = "2026-12-01T00:00:09Z"
     store.upsert(beat)
     assert store.version == version
+
+
+def test_a_status_update_by_another_controller_is_not_drift() -> None:
+    """The Deployment controller's status writes give the Deployment new versions; what the
+    operator set is unchanged, so no drift reconcile (the remembered form carries the
+    ownerReferences pruning needs, which the comparison must not count)."""
+    cluster, ctx, bodies = _fleet(1)
+    cluster.owner = bodies[0]
+    run_reconcile(ctx, plain(bodies[0]), "change")
+    deployment = copy.deepcopy(next(o for o in cluster.objects.values() if o["kind"] == "Deployment"))
+    deployment["metadata"]["resourceVersion"] = "9999"
+    deployment["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}
+    from slm_operator.reconcile.handlers import on_child_event
+
+    class Memo:
+        def __init__(self, ctx: OperatorContext) -> None:
+            self.ctx = ctx
+
+    on_child_event(type="MODIFIED", body=deployment, memo=Memo(ctx))
+    assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0

@@ -45,7 +45,7 @@ def child_changed(ctx: OperatorContext, type: str | None, obj: Obj) -> None:
         ctx.applied.observe_deployment(obj)
     desired = ctx.applied.get(key)
     edited = type != "DELETED" and desired is not None and not ctx.applied.is_own_write(obj)
-    suspect = type == "DELETED" or (edited and drifted(desired, comparable(obj)))
+    suspect = type == "DELETED" or (edited and drifted(comparable(desired or {}), comparable(obj)))
     if suspect and (correct_drift(ctx, owner, key) or type == "DELETED"):
         return
     if obj.get("kind") == "Deployment":
@@ -74,7 +74,9 @@ def correct_drift(ctx: OperatorContext, owner: Owner, key: Key) -> bool:
         if live is None and desired is None:
             return False  # pruned by the operator itself, or never its to restore
         if live is not None and (
-            desired is None or ctx.applied.is_own_write(live) or not drifted(desired, comparable(live))
+            desired is None
+            or ctx.applied.is_own_write(live)
+            or not drifted(comparable(desired), comparable(live))
         ):
             return False
         what = "deleted" if live is None else "edited"
