@@ -6,6 +6,9 @@
     hack/local-cluster down     stop the processes `up` started (only those); --purge also
                                 removes the state dir
     hack/local-cluster status   print what runs; exit 0 when the cluster is up, 1 when not
+    hack/local-cluster restart COMPONENT [SECONDS]
+                                stop one component (etcd, kube-apiserver, ...), wait SECONDS
+                                (default 0), start it again with its data; for fault tests
     hack/local-cluster env      print `export KUBECONFIG=...`
 
 State lives in $SLM_CLUSTER_DIR (default <repo>/.local-cluster):
@@ -611,6 +614,34 @@ def cmd_down(purge: bool) -> int:
     return 0
 
 
+def cmd_restart(name: str, down: float) -> int:
+    """Stop one component, keep it down for `down` seconds, start it again (etcd keeps its data)."""
+    if name not in COMPONENTS:
+        log(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
+        return 2
+    with locked():
+        state = load_state()
+        pids = running(state)
+        if name not in pids:
+            log(f"{name} is not running")
+            return 1
+        SUP.stop(name, pids[name], timeout=20.0)
+        log(f"stopped {name}; starting it again in {down:.0f}s")
+        time.sleep(down)
+        ports = state["ports"]
+        start(name, command_lines(ports)[name], state)
+        deadline = time.monotonic() + UP_TIMEOUT
+        if name == "etcd":
+            check = lambda: (  # noqa: E731
+                http_get(f"http://127.0.0.1:{ports['etcd']}/health")[0] == 200 and apiserver_ready(state)
+            )
+        else:
+            check = lambda: apiserver_ready(state)  # noqa: E731
+        wait(f"{name} back", check, deadline, [name])
+    log(f"{name} is back")
+    return 0
+
+
 def cmd_status() -> int:
     state = load_state()
     pids = running(state)
@@ -643,6 +674,8 @@ def main(argv: list[str]) -> int:
             return cmd_down(purge="--purge" in rest)
         if cmd == "status":
             return cmd_status()
+        if cmd == "restart" and rest:
+            return cmd_restart(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
         if cmd == "env":
             print(f"export KUBECONFIG={STATE / 'kubeconfig'}")
             return 0

@@ -5,6 +5,7 @@
     slm-operator render -f examples/gpu.yaml [--nodes nodes.yaml] [--namespace NS] [--image IMG]
     slm-operator run [--namespace NS]... | --all-namespaces [--peering NAME | --standalone]
                      [--metrics-port 9090] [--liveness http://0.0.0.0:8081/healthz] [--resync-seconds 60]
+                     [--workers 16] [--peering-lifetime 60]
 
 `render` needs no cluster: without `--nodes` placement picks the first preferred hardware class
 (see slm_operator.placement). `--nodes` takes a YAML file of Node (and optionally Pod) objects,
@@ -106,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         priority=args.priority if args.priority is not None else priority_from_env(),
         gateway_namespace=gateway_namespace_from_env(),
         gateway_url=gateway_url_from_env(),
+        workers=args.workers,
+        peering_lifetime=args.peering_lifetime,
     )
     run_operator(settings)
     return 0
@@ -139,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-seconds", type=float, help="drift-correction period (default $SLM_RESYNC_SECONDS or 60)"
     )
     run.add_argument("--image", help="runtime image (default: $SLM_RUNTIME_IMAGE or the release image)")
+    run.add_argument(
+        "--workers", type=int, default=16, help="reconciles that may run at once (kopf's handler threads)"
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica's peering keep-alive lasts: how long a standby waits for a dead leader",
+    )
     return parser
 
 

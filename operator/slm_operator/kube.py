@@ -3,15 +3,25 @@
 Everything else receives plain dicts. Errors of the client are mapped once, here, to `KubeError`.
 Server-side apply uses the field manager `slm-operator` with `force=true`: the operator owns the
 fields it sets, and an edit by someone else is reverted on the next reconcile.
+
+`Informer` keeps a `reconcile.cache.Store` current with one list and then one long watch (resumed
+from the last resourceVersion, re-listed after a 410 Gone or a lost connection, with a short capped
+backoff so that the caches are fresh within seconds of the API server's return). Every HTTP request
+this module makes is counted by verb (`Kube.requests`), which the operator exports as
+`slm_operator_api_requests_total`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
@@ -22,6 +32,7 @@ from slm_operator.errors import KubeError
 Obj = dict[str, Any]
 T = TypeVar("T")
 FIELD_MANAGER = "slm-operator"
+log = logging.getLogger("slm_operator.kube")
 
 
 def load_config() -> None:
@@ -40,7 +51,8 @@ def _mapped(what: str) -> Iterator[None]:
         raise KubeError(f"{what}: {err.status} {err.reason}: {_summary(err)}", status=err.status) from err
     except client.ApiException as err:
         raise KubeError(f"{what}: {err.status} {err.reason}", status=err.status) from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, urllib3.exceptions.HTTPError) as err:
+        # connection refused / reset, timeouts, MaxRetryError while the API server is away
         raise KubeError(f"{what}: {err}") from err
 
 
@@ -53,17 +65,50 @@ class Kube:
     """Typed-by-convention access to the few API calls the operator makes."""
 
     def __init__(
-        self, api_client: client.ApiClient | None = None, field_manager: str = FIELD_MANAGER
+        self,
+        api_client: client.ApiClient | None = None,
+        field_manager: str = FIELD_MANAGER,
+        *,
+        connections: int = 20,
     ) -> None:
         self._api_client = api_client
+        self._watch_client: client.ApiClient | None = api_client
         self._field_manager = field_manager
+        self._connections = connections
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
+        self.requests = RequestCounter()
+
+    def _new_client(self, connections: int) -> client.ApiClient:
+        """A client on the loaded configuration with a pool of `connections` kept connections
+        (the default, 5 per CPU, would open a new TLS connection for each request beyond it)."""
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(connections, 1)
+        return client.ApiClient(configuration)
+
+    def watch_client(self) -> client.ApiClient:
+        """The informers' own client: their long watches never take the reconciles' connections."""
+        with self._lock:
+            if self._watch_client is None:
+                self._watch_client = self._new_client(8)
+            if not getattr(self._watch_client, "_slm_counted", False):
+                self.requests.wrap(self._watch_client)
+            return self._watch_client
+
+    def api_client(self) -> client.ApiClient:
+        """The client every request goes through, counting its requests by verb."""
+        with self._lock:
+            if self._api_client is None:
+                self._api_client = self._new_client(self._connections)
+            if not getattr(self._api_client, "_slm_counted", False):
+                self.requests.wrap(self._api_client)
+            return self._api_client
 
     def _client(self) -> DynamicClient:
+        api = self.api_client()
         with self._lock:
             if self._dynamic is None:
-                self._dynamic = DynamicClient(self._api_client or client.ApiClient())  # type: ignore[no-untyped-call]
+                self._dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
             return self._dynamic
 
     def _resource(self, api_version: str, kind: str) -> Any:
@@ -106,8 +151,9 @@ class Kube:
         )
         return dict(result.to_dict())
 
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
-        what = f"list {kind} in {namespace}"
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
+        """Objects with the label `selector` in `namespace` (None: in every namespace)."""
+        what = f"list {kind} in {namespace or 'all namespaces'}"
         resource = self._call(what, lambda: self._resource(api_version, kind))
         items = self._call(what, lambda: resource.get(namespace=namespace, label_selector=selector))
         return [dict(item.to_dict(), apiVersion=api_version, kind=kind) for item in items.items]
@@ -182,12 +228,15 @@ class Kube:
         resource = self._call("discover Event", lambda: self._resource("v1", "Event"))
         self._call(f"post event {reason}", lambda: resource.create(body=event, namespace=namespace))
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        """JSON merge patch of the status subresource (lists such as conditions are replaced whole)."""
+    def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None:
+        """JSON merge patch of the status subresource (lists such as conditions are replaced whole).
+
+        Returns the SLMDeployment as the patch left it (None when it is gone), which the caller
+        writes through into its cache."""
         resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))
         try:
             with _mapped(f"patch status of SLMDeployment {namespace}/{name}"):
-                self._client().patch(  # type: ignore[no-untyped-call]
+                result = self._client().patch(  # type: ignore[no-untyped-call]
                     resource.status,
                     body={"status": status},
                     name=name,
@@ -197,6 +246,244 @@ class Kube:
         except KubeError as err:
             if err.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+            return None
+        return dict(result.to_dict()) if result is not None else None
 
 
-__all__ = ["FIELD_MANAGER", "Kube", "NotFoundError", "load_config"]
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class RequestCounter:
+    """HTTP requests of one client by verb (`WATCH` for a watch, else the HTTP method)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add(self, verb: str) -> None:
+        with self._lock:
+            self._counts[verb] = self._counts.get(verb, 0) + 1
+        for listener in self._listeners:
+            listener(verb)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def writes(self) -> int:
+        with self._lock:
+            return sum(n for verb, n in self._counts.items() if verb in WRITE_VERBS)
+
+    def wrap(self, api_client: client.ApiClient) -> None:
+        """Count every request `api_client` makes (the DynamicClient's and the informers')."""
+        rest: Any = api_client.rest_client  # untyped in some client versions, typed in others
+        original = rest.request
+
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            query = kwargs.get("query_params") or ()
+            watching = "watch=true" in str(url) or any(
+                k == "watch" and str(v).lower() in ("1", "true") for k, v in query
+            )
+            self.add("WATCH" if watching else str(method).upper())
+            return original(method, url, *args, **kwargs)
+
+        rest.request = counted
+        api_client._slm_counted = True  # type: ignore[attr-defined]
+
+
+def raw_get(
+    api_client: client.ApiClient, path: str, query: list[tuple[str, str]], timeout: tuple[float, float]
+) -> Any:
+    """GET `path` without deserialising: the urllib3 response, to read or stream JSON from.
+
+    Works with both generations of the client's transport (`call_api(path, ...)` before 35,
+    `param_serialize` + `call_api(method, url, ...)` since)."""
+    headers = {"Accept": "application/json"}
+    api: Any = api_client  # two transport generations with different signatures
+    if hasattr(api, "param_serialize"):
+        method, url, header_params, _, _ = api.param_serialize(
+            "GET", path, query_params=query, header_params=headers, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(method, url, header_params=header_params, _request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            body = response.read()
+            raise KubeError(
+                f"GET {path}: {response.status} {response.reason}: {body[:200]!r}", response.status
+            )
+        return response.response
+    with _mapped(f"GET {path}"):
+        return api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params=headers,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=timeout,
+        )
+
+
+class Sink(Protocol):
+    """Where an informer puts what it lists and watches (`reconcile.cache.Store`)."""
+
+    def replace(self, objects: list[Obj], namespace: str | None = None) -> None: ...
+    def upsert(self, obj: Mapping[str, Any]) -> None: ...
+    def remove(self, obj: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class WatchTarget:
+    """One collection to list and watch: its URL path and selectors."""
+
+    path: str
+    label_selector: str | None = None
+    field_selector: str | None = None
+    namespace: str | None = None
+    """Set for a namespaced path: a re-list replaces only this namespace's part of the store."""
+
+    def query(self, **extra: str) -> list[tuple[str, str]]:
+        params = [("labelSelector", self.label_selector), ("fieldSelector", self.field_selector)]
+        return [(k, v) for k, v in params if v] + list(extra.items())
+
+
+def collection_path(api_version: str, plural: str, namespace: str | None = None) -> str:
+    """`/api/v1/pods`, `/api/v1/namespaces/ns/pods`, `/apis/slm.dev/v1alpha1/...`."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+
+
+class _GoneError(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+class Informer:
+    """List once, then watch (in a daemon thread), keeping `sink` equal to the server's state."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        target: WatchTarget,
+        sink: Sink,
+        *,
+        watch_seconds: int = 300,
+        max_backoff: float = 2.0,
+        page_size: int = 500,
+    ) -> None:
+        self._kube = kube
+        self._target = target
+        self._sink = sink
+        self._watch_seconds = watch_seconds
+        self._max_backoff = max_backoff
+        self._page_size = page_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._response: Any = None
+        self.relists = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"informer {self._target.path}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with suppress(Exception):  # a socket that another thread reads from
+                response.close()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                    self.relists += 1
+                version = self._watch(version)
+                backoff = 0.1
+            except _GoneError:
+                version = None
+            except Exception as err:
+                if self._stop.is_set():
+                    return
+                log.info("watch %s: %s (retrying in %.1fs)", self._target.path, err, backoff)
+                self._stop.wait(backoff)
+                backoff = min(self._max_backoff, backoff * 2)
+
+    def _get(self, query: list[tuple[str, str]], timeout: tuple[float, float]) -> Any:
+        return raw_get(self._kube.watch_client(), self._target.path, query, timeout)
+
+    def _list(self) -> str:
+        items: list[Obj] = []
+        token = ""
+        while True:
+            extra = {"limit": str(self._page_size)}
+            if token:
+                extra["continue"] = token
+            response = self._get(self._target.query(**extra), (10, 60))
+            page = json.loads(response.data)
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                break
+        self._sink.replace(items, self._target.namespace)
+        return str(meta.get("resourceVersion") or "")
+
+    def _watch(self, version: str) -> str:
+        query = self._target.query(
+            watch="true",
+            resourceVersion=version,
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(self._watch_seconds),
+        )
+        response = self._get(query, (10, self._watch_seconds + 30))
+        self._response = response
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _GoneError()
+                    raise KubeError(f"watch {self._target.path}: {obj.get('message')}", obj.get("code"))
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind in ("ADDED", "MODIFIED"):
+                    self._sink.upsert(obj)
+                elif kind == "DELETED":
+                    self._sink.remove(obj)
+        finally:
+            self._response = None
+            response.release_conn()
+        return version
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """Newline-delimited JSON events of a streamed watch response."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
+
+
+__all__ = [
+    "FIELD_MANAGER",
+    "WRITE_VERBS",
+    "Informer",
+    "Kube",
+    "NotFoundError",
+    "RequestCounter",
+    "WatchTarget",
+    "collection_path",
+    "load_config",
+]

@@ -11,6 +11,9 @@ decides, without I/O. It walks `spec.hardware.preference` in order; a class is c
    requests of other pods already bound to it are subtracted (pass `pods`; callers leave out the
    SLMDeployment's own pods so that a running deployment does not crowd itself out), and the model
    fits its memory (GPU: `nvidia.com/gpu.memory` * count when labelled; CPU/NPU: allocatable memory).
+   Pending pods (no `spec.nodeName` yet) are charged too, first-fit as a scheduler would bind them
+   (oldest first, nodes by name, honouring their nodeSelector, tolerations and required node
+   affinity): an SLMDeployment created a moment earlier holds the device it will get.
 
 Every skipped class leaves a human-readable reason (`Placement.skipped`), which the reconciler puts
 into the condition message and an Event. If no class qualifies, `PlacementError` carries all reasons
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +48,7 @@ from slm_operator.hardware import (
     blocking_taints,
     known_resources,
     parse_nodes,
+    pod_requests,
 )
 from slm_operator.quantity import GI, MI, format_bytes, format_cpu, parse_quantity
 from slm_operator.sizing import FORMATS, Estimate, estimate, ranked
@@ -105,7 +109,8 @@ def place(
     spec: SLMDeploymentSpec, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]] = ()
 ) -> Placement:
     """Choose hardware, variant and pod resources for `spec` given the cluster's nodes (and pods)."""
-    inventory = parse_nodes(nodes, pods)
+    pods = list(pods)
+    inventory = charge_pending(parse_nodes(nodes, pods), pods)
     skipped: list[str] = []
     busy = False
     for hardware in spec.hardware.preference:
@@ -119,6 +124,78 @@ def place(
         tuple(skipped),
         retryable=busy,
     )
+
+
+def charge_pending(inventory: Sequence[Node], pods: Iterable[Mapping[str, Any]]) -> list[Node]:
+    """Subtract the requests of pending (unbound) pods from the first node each could be bound to."""
+    pending = [
+        p
+        for p in pods
+        if not (p.get("spec") or {}).get("nodeName")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+    if not pending:
+        return list(inventory)
+    nodes = {n.name: n for n in inventory}
+    free = {n.name: dict(n.free) for n in inventory}
+    order = sorted(
+        pending,
+        key=lambda p: (
+            str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+            str((p.get("metadata") or {}).get("namespace") or ""),
+            str((p.get("metadata") or {}).get("name") or ""),
+        ),
+    )
+    for pod in order:
+        requests = pod_requests(pod)
+        for name in sorted(nodes):
+            node = nodes[name]
+            room = free[name]
+            if not _could_bind(node, pod):
+                continue
+            if all(room.get(k, node.allocatable.get(k, Decimal(0))) >= v for k, v in requests.items()):
+                for k, v in requests.items():
+                    room[k] = room.get(k, node.allocatable.get(k, Decimal(0))) - v
+                break
+    return [replace(n, free=free[n.name]) for n in inventory]
+
+
+def _could_bind(node: Node, pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec") or {}
+    selector = spec.get("nodeSelector") or {}
+    if not (node.ready and node.schedulable) or any(node.labels.get(k) != v for k, v in selector.items()):
+        return False
+    if blocking_taints(node, spec.get("tolerations") or ()):
+        return False
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = required.get("nodeSelectorTerms") or ()
+    return not terms or any(
+        all(_matches(node.labels, e) for e in t.get("matchExpressions") or ()) for t in terms
+    )
+
+
+def _matches(labels: Mapping[str, str], expression: Mapping[str, Any]) -> bool:
+    """One node selector requirement (In, NotIn, Exists, DoesNotExist, Gt, Lt)."""
+    key, op = str(expression.get("key")), expression.get("operator")
+    values = [str(v) for v in expression.get("values") or ()]
+    value = labels.get(key)
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op == "In":
+        return value in values
+    if op == "NotIn":
+        return value not in values
+    if op in ("Gt", "Lt") and value is not None and values:
+        try:
+            left, right = int(value), int(values[0])
+        except ValueError:
+            return False
+        return left > right if op == "Gt" else left < right
+    return False
 
 
 def _try_class(

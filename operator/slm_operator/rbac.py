@@ -5,8 +5,8 @@
 | reconcile (SLMDeployments) | slm.dev: slmdeployments | get list watch patch |
 | status | slm.dev: slmdeployments/status | get patch |
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
-| children: apply, prune, watch | the 8 `CHILD_KINDS` | get list watch create patch delete |
-| placement; fetch failures | "": nodes | get list ; "": pods | list watch |
+| children: apply, prune, watch | the 8 `plan.CHILDREN` | get list watch create patch delete |
+| the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
 | auth Secret check | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
 | kopf itself | apiextensions.k8s.io: customresourcedefinitions; "": namespaces | list watch |
@@ -18,17 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 from slm_operator.api import GROUP, PLURAL
-from slm_operator.reconcile.handlers import PLURALS
-from slm_operator.reconcile.plan import CHILD_KINDS
+from slm_operator.reconcile.plan import CHILDREN
 
 CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 
 def _child_rules() -> list[dict[str, Any]]:
     by_group: dict[str, list[str]] = {}
-    for api_version, kind in CHILD_KINDS:
-        group = api_version.rpartition("/")[0]
-        by_group.setdefault(group, []).append(PLURALS[kind])
+    for child in CHILDREN:
+        by_group.setdefault(child.group, []).append(child.plural)
     return [
         {"apiGroups": [group], "resources": sorted(plurals), "verbs": CHILD_VERBS}
         for group, plurals in sorted(by_group.items())
@@ -42,7 +40,7 @@ def rules(*, peering: bool = True) -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         *_child_rules(),
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

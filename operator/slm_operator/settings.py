@@ -31,6 +31,10 @@ class Settings:
     """Namespace of slm-gateway ($SLM_GATEWAY_NAMESPACE); model pods' NetworkPolicies admit it."""
     gateway_url: str | None = None
     """The gateway's OpenAI base URL ($SLM_GATEWAY_URL), shown as status.endpoints.fleet."""
+    workers: int = 16
+    """kopf's handler threads (reconciles in parallel; each mostly waits on the API server)."""
+    peering_lifetime: int = 60
+    """Seconds a peer's keep-alive counts: the longest a standby waits after its leader died."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 

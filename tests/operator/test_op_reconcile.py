@@ -17,15 +17,17 @@ from slm_operator.metrics import Metrics
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.handlers import build_registry, kopf_error, on_child_event, plain, run_reconcile
 from slm_operator.reconcile.plan import (
+    Observed,
     Owner,
     comparable,
     drifted,
     foreign_pods,
     key_of,
+    observed_form,
     owned,
     prune_plan,
 )
-from slm_operator.reconcile.reconciler import reconcile, report_failure
+from slm_operator.reconcile.reconciler import Outcome, reconcile, report_failure
 from slm_operator.reconcile.status import deployment_conditions, merge_conditions, observed_status
 from slm_operator.settings import Settings
 
@@ -84,12 +86,14 @@ class FakeCluster:
         self.objects[key_of(obj)] = stored
         return copy.deepcopy(stored)
 
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
         key, _, value = selector.partition("=")
         return [
             copy.deepcopy(o)
             for (av, k, ns, _n), o in self.objects.items()
-            if (av, k, ns) == (api_version, kind, namespace) and o["metadata"]["labels"].get(key) == value
+            if (av, k) == (api_version, kind)
+            and namespace in (None, ns)
+            and o["metadata"]["labels"].get(key) == value
         ]
 
     def delete(self, obj: Obj) -> None:
@@ -117,6 +121,20 @@ class FakeCluster:
 
     def kinds(self) -> list[str]:
         return sorted(k for _, k, _, _ in self.objects)
+
+    def observed(self) -> Observed:
+        """What the operator's caches would hold: these nodes and pods, the stored children."""
+        deployment = next((o for o in self.objects.values() if o["kind"] == "Deployment"), None)
+        return Observed(
+            nodes=self.list_nodes(),
+            pods=self.list_pods(),
+            children={k: observed_form(o) for k, o in self.objects.items()},
+            deployment=copy.deepcopy(deployment),
+        )
+
+
+def _reconcile(body: Obj, cluster: FakeCluster, **kwargs: Any) -> Outcome:
+    return reconcile(body, cluster, cluster.observed(), **kwargs)
 
 
 # --- plan ---------------------------------------------------------------------------------------
@@ -267,7 +285,7 @@ def test_observed_status_is_quiet_when_nothing_changes() -> None:
 
 def test_reconcile_applies_children_and_reports_status() -> None:
     cluster = FakeCluster()
-    outcome = reconcile(_body(), cluster, image="img:1", timestamp="t0")
+    outcome = _reconcile(_body(), cluster, image="img:1", timestamp="t0")
     assert cluster.kinds() == ["ConfigMap", "Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
     for obj in cluster.applies:
         assert obj["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -289,7 +307,7 @@ def test_reconcile_applies_children_and_reports_status() -> None:
 def test_fallback_is_reported_in_condition_and_event() -> None:
     busy = [pod_on(f"gpu-node-{i}", {"nvidia.com/gpu": "1"}) for i in (1, 2)]
     cluster = FakeCluster(pods=busy)
-    outcome = reconcile(_body(), cluster)
+    outcome = _reconcile(_body(), cluster)
     assert outcome.status["hardware"] == "cpu"
     degraded = next(c for c in outcome.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False" and degraded["reason"] == "FallbackPlacement"
@@ -299,8 +317,8 @@ def test_fallback_is_reported_in_condition_and_event() -> None:
 
 def test_reconcile_is_idempotent_and_quiet() -> None:
     cluster = FakeCluster()
-    first = reconcile(_body(), cluster, timestamp="t0")
-    again = reconcile(_body(status=first.status), cluster, timestamp="t1")
+    first = _reconcile(_body(), cluster, timestamp="t0")
+    again = _reconcile(_body(status=first.status), cluster, timestamp="t1")
     assert again.desired == first.desired and again.pruned == [] and again.events == []
     assert cluster.status_patches[-1]["conditions"] == first.status["conditions"]
 
@@ -312,9 +330,9 @@ def test_reconcile_prunes_hpa_and_pdb_when_no_longer_wanted() -> None:
         "model": model,
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
     }
-    reconcile(_body(scaled), cluster)
+    _reconcile(_body(scaled), cluster)
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(cluster.kinds())
-    outcome = reconcile(_body({"model": model}, generation=2), cluster)
+    outcome = _reconcile(_body({"model": model}, generation=2), cluster)
     assert sorted(o["kind"] for o in outcome.pruned) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
     assert "HorizontalPodAutoscaler" not in cluster.kinds()
 
@@ -323,7 +341,7 @@ def test_missing_secret_applies_nothing() -> None:
     cluster = FakeCluster()
     spec = {"model": {"name": "m", "variants": gguf("Q4_K_M")}, "auth": {"apiKeySecretRef": {"name": "keys"}}}
     with pytest.raises(SecretNotFoundError) as caught:
-        reconcile(_body(spec), cluster)
+        _reconcile(_body(spec), cluster)
     assert cluster.applies == []
     events = report_failure(_body(spec), caught.value, cluster, timestamp="t")
     degraded = next(c for c in cluster.status_patches[-1]["conditions"] if c["type"] == "Degraded")
@@ -332,7 +350,7 @@ def test_missing_secret_applies_nothing() -> None:
     # The same failure again: status refreshed, no new Event.
     assert report_failure(_body(spec, status=cluster.status_patches[-1]), caught.value, cluster) == []
     cluster.secrets[("ns", "keys")] = {"data": {"api-key": "c2VjcmV0"}}
-    reconcile(_body(spec), cluster)
+    _reconcile(_body(spec), cluster)
     assert "Deployment" in cluster.kinds()
 
 
@@ -340,16 +358,16 @@ def test_unsatisfiable_spec_applies_nothing() -> None:
     cluster = FakeCluster()
     spec = {"model": {"name": "m", "variants": gguf("Q4_K_M")}, "hardware": {"preference": ["npu"]}}
     with pytest.raises(PlacementError) as caught:
-        reconcile(_body(spec), cluster)
+        _reconcile(_body(spec), cluster)
     assert cluster.applies == [] and not caught.value.retryable
     assert isinstance(kopf_error(caught.value), kopf.PermanentError)
 
 
 def test_invalid_spec_is_permanent() -> None:
     with pytest.raises(SpecError, match="invalid spec"):
-        reconcile(_body({"model": {"name": "m"}}), FakeCluster())
+        _reconcile(_body({"model": {"name": "m"}}), FakeCluster())
     with pytest.raises(SpecError, match="at most 52"):
-        reconcile(_body(name="x" * 60), FakeCluster())
+        _reconcile(_body(name="x" * 60), FakeCluster())
 
 
 def test_kopf_error_mapping() -> None:
@@ -364,7 +382,11 @@ def test_kopf_error_mapping() -> None:
 
 
 def _ctx(cluster: FakeCluster) -> OperatorContext:
-    return OperatorContext(settings=Settings(runtime_image="img:2"), cluster=cluster, metrics=Metrics())
+    """A context whose caches hold the fake's nodes and pods, as the informers would."""
+    ctx = OperatorContext(settings=Settings(runtime_image="img:2"), cluster=cluster, metrics=Metrics())
+    ctx.cache.nodes.replace(cluster.list_nodes())
+    ctx.cache.pods.replace(cluster.list_pods())
+    return ctx
 
 
 class _Memo:

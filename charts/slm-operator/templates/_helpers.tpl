@@ -151,10 +151,10 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 
 {{/* "clusterRules": what stays cluster-scoped whatever watchNamespaces says. */}}
 {{- define "slm-operator.clusterRules" -}}
-# Nodes: which accelerators (cpu/gpu/npu) the cluster has, read at each reconcile.
+# Nodes: which accelerators (cpu/gpu/npu) the cluster has, kept by the operator's node informer.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 # kopf: discovering the served resources and the namespaces.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

@@ -1,35 +1,76 @@
-"""The pure plan of a reconcile: desired children (with owner references), what to prune, and drift.
+"""The pure core of a reconcile: `plan(body, observed) -> Plan`, desired against observed.
 
-Desired state comes from `render.render_all`; observed state is whatever the cluster listed. The
-plan never talks to the API; `reconciler` executes it. Pruning only ever touches objects that carry
-the SLMDeployment's `slm.dev/deployment` label *and* a controller ownerReference to its uid.
+Desired state comes from placement and `render.render_all`; observed state (`Observed`) is what the
+operator's caches hold: nodes and pods (the informers), and the children as last applied or seen.
+A `Plan` lists the objects to apply and to delete, each with a reason, the Events to post, and
+computes the status from the Deployment the execution ends up with; nothing to apply and an
+unchanged status is a no-op (`Plan.is_noop`), which the execution turns into zero API calls.
+`reconciler.execute` is the only I/O. Pruning only ever touches objects that carry the
+SLMDeployment's `slm.dev/deployment` label *and* a controller ownerReference to its uid.
+
+Pending pods (not yet bound) of other SLMDeployments, and the pods their Deployments want but that
+do not exist yet (`reservations`), count against node capacity in placement, so simultaneous
+creates do not all pick the one free device.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.api import API_VERSION, KIND
-from slm_operator.render import DEPLOYMENT_LABEL, MANAGED_BY
+from pydantic import ValidationError
+
+from slm_operator.api import API_VERSION, KIND, MAX_NAME_LENGTH, SLMDeploymentSpec
+from slm_operator.errors import SpecError
+from slm_operator.placement import Placement, place
+from slm_operator.reconcile.status import (
+    Status,
+    fetch_failure_events,
+    reconciled_status,
+)
+from slm_operator.render import DEPLOYMENT_LABEL, MANAGED_BY, RenderContext, render_all
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str, str]
 """(apiVersion, kind, namespace, name) of one object."""
 
-CHILD_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "ServiceAccount"),
-    ("v1", "ConfigMap"),
-    ("v1", "PersistentVolumeClaim"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
+
+@dataclass(frozen=True)
+class ChildKind:
+    """One kind of child object: what RBAC grants, what the handlers watch, what may be pruned."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+CHILDREN: tuple[ChildKind, ...] = (
+    ChildKind("v1", "ServiceAccount", "serviceaccounts"),
+    ChildKind("v1", "ConfigMap", "configmaps"),
+    ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ChildKind("v1", "Service", "services"),
+    ChildKind("apps/v1", "Deployment", "deployments"),
+    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
 )
-"""Every kind the renderer may produce (and the operator may prune), in apply order."""
+"""The one table of child kinds: every kind the renderer may produce (and the operator may
+prune), in apply order. RBAC (`slm_operator.rbac`), the watch handlers and the tests read it."""
+
+CHILD_KINDS: tuple[tuple[str, str], ...] = tuple((c.api_version, c.kind) for c in CHILDREN)
+"""(apiVersion, kind) of `CHILDREN`."""
+PLURALS: dict[str, str] = {c.kind: c.plural for c in CHILDREN}
+"""kind -> plural of `CHILDREN`."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +115,21 @@ def key_of(obj: Mapping[str, Any]) -> Key:
 
 
 def owned(objects: Iterable[Obj], owner: Owner) -> list[Obj]:
-    """Copies of `objects` placed in the owner's namespace with its controller reference."""
-    result = []
-    for obj in objects:
-        child = copy.deepcopy(obj)
-        child["metadata"]["namespace"] = owner.namespace
-        child["metadata"]["ownerReferences"] = [owner.reference()]
-        result.append(child)
-    return result
+    """`objects` placed in the owner's namespace with its controller reference.
+
+    New top-level and metadata dicts; everything below is shared with `objects` (fresh from the
+    renderer, which nobody else holds: a deep copy cost a third of a plan)."""
+    return [
+        {
+            **obj,
+            "metadata": {
+                **obj["metadata"],
+                "namespace": owner.namespace,
+                "ownerReferences": [owner.reference()],
+            },
+        }
+        for obj in objects
+    ]
 
 
 def is_controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
@@ -89,7 +137,7 @@ def is_controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return any(r.get("uid") == owner.uid and r.get("controller") for r in refs)
 
 
-def prune_plan(desired: Sequence[Obj], existing: Iterable[Obj], owner: Owner) -> list[Obj]:
+def prune_plan(desired: Sequence[Mapping[str, Any]], existing: Iterable[Obj], owner: Owner) -> list[Obj]:
     """Existing children the spec no longer wants (e.g. the HPA after autoscaling is disabled)."""
     wanted = {key_of(o)[1:] for o in desired}
     stale = []
@@ -152,9 +200,266 @@ def comparable(obj: Mapping[str, Any]) -> Obj:
     return result
 
 
+def observed_form(obj: Mapping[str, Any]) -> Obj:
+    """How a child is remembered: its comparable part plus the ownerReferences pruning checks."""
+    form = comparable(obj)
+    refs = (obj.get("metadata") or {}).get("ownerReferences")
+    if refs:
+        form["metadata"]["ownerReferences"] = refs
+    return form
+
+
 def count_by_kind(objects: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for obj in objects:
         kind = str(obj.get("kind"))
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+Event = tuple[str, str, str]
+"""(type Normal|Warning, reason, message) of a Kubernetes Event to post on the SLMDeployment."""
+
+
+def parse_spec(body: Mapping[str, Any]) -> SLMDeploymentSpec:
+    """The spec as the API server stored it (defaults applied); a violation is permanent."""
+    owner = Owner.from_body(body)
+    if len(owner.name) > MAX_NAME_LENGTH:
+        raise SpecError(f"metadata.name must be at most {MAX_NAME_LENGTH} characters")
+    try:
+        return SLMDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise SpecError(f"invalid spec: {problems}") from err
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator knows of the cluster, for one SLMDeployment (no I/O to get it)."""
+
+    nodes: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()
+    """Pods placement counts (bound or pending), the owner's own included (plan leaves them out)."""
+    children: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
+    """The owner's children that exist, as last applied (comparable form) or as listed."""
+    deployment: Mapping[str, Any] | None = None
+    """The owned Deployment as last seen (its status drives Ready), if known."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One object to apply or delete, and why."""
+
+    obj: Obj
+    reason: str
+
+    @property
+    def key(self) -> Key:
+        return key_of(self.obj)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one reconcile will do: a pure value, executed by `reconciler.execute`."""
+
+    owner: Owner
+    placement: Placement
+    desired: tuple[Obj, ...]
+    apply: tuple[Step, ...]
+    delete: tuple[Step, ...]
+    events: tuple[Event, ...]
+    old_status: Mapping[str, Any]
+    deployment: Mapping[str, Any] | None
+    port: int
+    own_pods: tuple[Mapping[str, Any], ...]
+    timestamp: str
+    fleet_endpoint: str | None = None
+    """The gateway's OpenAI URL (status.endpoints.fleet), when the chart runs one."""
+
+    def status(self, deployment: Mapping[str, Any] | None = None) -> Status:
+        """The status for `deployment` (the applied one), else the observed Deployment."""
+        return reconciled_status(
+            name=self.owner.name,
+            namespace=self.owner.namespace,
+            generation=self.owner.generation,
+            port=self.port,
+            placement=self.placement,
+            deployment=deployment if deployment is not None else self.deployment,
+            old=self.old_status,
+            timestamp=self.timestamp,
+            pods=self.own_pods,
+            fleet_endpoint=self.fleet_endpoint,
+        )
+
+    def status_changed(self, status: Mapping[str, Any]) -> bool:
+        return any(self.old_status.get(k) != v for k, v in status.items())
+
+    def status_events(self, status: Mapping[str, Any]) -> list[Event]:
+        return fetch_failure_events(self.old_status, status)
+
+    @property
+    def is_noop(self) -> bool:
+        """Nothing to apply or delete and a status that would not change: no API call at all."""
+        return not self.apply and not self.delete and not self.status_changed(self.status())
+
+
+def placement_events(old_status: Mapping[str, Any], placement: Placement) -> list[Event]:
+    """Events only when the decision changes, so periodic resyncs stay quiet."""
+    old_variant = old_status.get("variant") or {}
+    changed = (
+        old_status.get("hardware") != placement.hardware
+        or old_variant.get("quantization") != placement.variant.quantization
+        or old_variant.get("uri") != placement.variant.uri
+    )
+    if not changed:
+        return []
+    events: list[Event] = [("Normal", "Placed", placement.message)]
+    if placement.skipped:
+        events.append(("Warning", "FallbackPlacement", "; ".join(placement.skipped)))
+    return events
+
+
+def apply_reason(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> str | None:
+    """Why `desired` must be applied (None: the observed object already says what it says)."""
+    if observed is None:
+        return "missing"
+    if drifted(comparable(desired), observed):
+        return "differs from what was last applied"
+    return None
+
+
+def plan(
+    body: Mapping[str, Any],
+    observed: Observed,
+    *,
+    image: str,
+    timestamp: str,
+    spec: SLMDeploymentSpec | None = None,
+    render: Callable[[RenderContext], list[Obj]] = render_all,
+    gateway_namespace: str | None = None,
+    gateway_url: str | None = None,
+) -> Plan:
+    """Desired children of the SLMDeployment `body` against `observed`: what to apply and delete.
+
+    Raises `SpecError` (invalid spec) and `PlacementError` (nothing fits), as the reconcile did.
+    Deterministic: the order of `observed.nodes`, `observed.pods` and `observed.children` does not
+    change the plan. `render` is `render_all` or a memo of it (`RenderMemo`).
+    """
+    owner = Owner.from_body(body)
+    old_status = body.get("status") or {}
+    spec = spec or parse_spec(body)
+    placement = place(spec, observed.nodes, foreign_pods(observed.pods, owner))
+    ctx = RenderContext(
+        name=owner.name,
+        namespace=owner.namespace,
+        spec=spec,
+        placement=placement,
+        default_image=image,
+        gateway_namespace=gateway_namespace,
+    )
+    desired = owned(render(ctx), owner)
+    apply = []
+    for obj in desired:
+        reason = apply_reason(obj, observed.children.get(key_of(obj)))
+        if reason is not None:
+            apply.append(Step(obj, reason))
+    existing = [
+        {
+            **dict(o),
+            "apiVersion": k[0],
+            "kind": k[1],
+            "metadata": {**_meta(o), "namespace": k[2], "name": k[3]},
+        }
+        for k, o in observed.children.items()
+    ]
+    delete = [Step(o, "no longer wanted by the spec") for o in prune_plan(desired, existing, owner)]
+    events = placement_events(old_status, placement)
+    events += [("Normal", "Pruned", f"deleted {s.obj['kind']} {s.obj['metadata']['name']}") for s in delete]
+    return Plan(
+        owner=owner,
+        placement=placement,
+        desired=tuple(desired),
+        apply=tuple(apply),
+        delete=tuple(delete),
+        events=tuple(events),
+        old_status=old_status,
+        deployment=observed.deployment,
+        port=spec.networking.port,
+        own_pods=tuple(sorted(own_pods(observed.pods, owner), key=_pod_name)),
+        timestamp=timestamp,
+        fleet_endpoint=gateway_url,
+    )
+
+
+def _meta(obj: Mapping[str, Any]) -> Obj:
+    return dict(obj.get("metadata") or {})
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name"))
+
+
+def reservations(
+    deployments: Mapping[tuple[str, str], Mapping[str, Any]],
+    pods_of: Mapping[tuple[str, str], int],
+) -> list[Obj]:
+    """Pending stand-ins for the pods Deployments want but that do not exist yet.
+
+    `deployments` maps (namespace, SLMDeployment) to its Deployment as applied; `pods_of` counts the
+    pods each one has now. Each missing replica becomes an unbound pod with the template's
+    requests and scheduling constraints, so that placement charges it to a node it could land on.
+    """
+    stand_ins: list[Obj] = []
+    for (namespace, name), deployment in sorted(deployments.items()):
+        spec = deployment.get("spec") or {}
+        wanted = int(spec.get("replicas", 1))
+        missing = wanted - pods_of.get((namespace, name), 0)
+        template = spec.get("template") or {}
+        pod_spec = template.get("spec") or {}
+        for i in range(max(0, missing)):
+            stand_ins.append(
+                {
+                    "metadata": {
+                        "name": f"{name}-reserved-{i}",
+                        "namespace": namespace,
+                        "labels": {DEPLOYMENT_LABEL: name},
+                    },
+                    "spec": {
+                        k: pod_spec[k]
+                        for k in ("containers", "initContainers", "nodeSelector", "tolerations", "affinity")
+                        if k in pod_spec
+                    },
+                    "status": {"phase": "Pending"},
+                }
+            )
+    return stand_ins
+
+
+class RenderMemo:
+    """`render_all`, remembered per SLMDeployment for as long as its inputs stay the same.
+
+    The inputs are the whole `RenderContext` (name, namespace, spec, placement, image), compared by
+    value; a re-plan that changes nothing (the resync after a burst, a node event) then costs no
+    rendering, which is most of a plan's CPU (the runtime config is serialised twice). One entry per
+    SLMDeployment, sharing the objects it returns (nobody mutates rendered objects)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str | None, str], tuple[RenderContext, list[Obj]]] = {}
+
+    def __call__(self, ctx: RenderContext) -> list[Obj]:
+        key = (ctx.namespace, ctx.name)
+        with self._lock:
+            hit = self._last.get(key)
+        if hit is not None and hit[0] == ctx:
+            return hit[1]
+        rendered = render_all(ctx)
+        with self._lock:
+            self._last[key] = (ctx, rendered)
+        return rendered
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._last.pop((namespace, name), None)

@@ -1,58 +1,64 @@
-"""One reconcile of one SLMDeployment: parse, check the Secret, place, render, apply, prune, report.
+"""One reconcile of one SLMDeployment: check the Secret, plan (pure), execute (the only I/O).
 
 Level-based and idempotent: every trigger (create, update, resume, periodic resync, a child deleted
-or edited) runs the same function against the current state. The cluster is reached only through
-the `Cluster` protocol (implemented by `slm_operator.kube.Kube`), so tests pass a fake.
+or edited) runs the same plan against the current observed state. The cluster is reached only
+through the `Cluster` protocol (implemented by `slm_operator.kube.Kube`), so tests pass a fake.
+`execute` applies only what the plan says differs, deletes what it prunes, and patches the status
+only when it changes: a plan with nothing to do makes no API call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-from slm_operator.api import MAX_NAME_LENGTH, SLMDeploymentSpec
-from slm_operator.errors import SecretNotFoundError, SlmOperatorError, SpecError
-from slm_operator.placement import Placement, place
+from slm_operator.api import SLMDeploymentSpec
+from slm_operator.errors import SecretNotFoundError, SlmOperatorError
+from slm_operator.placement import Placement
 from slm_operator.reconcile.plan import (
-    CHILD_KINDS,
+    Event,
     Obj,
+    Observed,
     Owner,
-    foreign_pods,
-    own_pods,
-    owned,
-    prune_plan,
+    Plan,
+    Step,
+    parse_spec,
+    placement_events,
+    plan,
 )
-from slm_operator.reconcile.status import (
-    condition_message,
-    failed_status,
-    fetch_failure_events,
-    now_rfc3339,
-    reconciled_status,
-)
-from slm_operator.render import DEFAULT_IMAGE, DEPLOYMENT_LABEL, RenderContext, render_all
+from slm_operator.reconcile.status import condition_message, failed_status, now_rfc3339
+from slm_operator.render import DEFAULT_IMAGE, RenderContext, render_all
 
-Event = tuple[str, str, str]
-"""(type Normal|Warning, reason, message) of a Kubernetes Event to post on the SLMDeployment."""
+__all__ = [
+    "Cluster",
+    "Event",
+    "Outcome",
+    "Step",
+    "check_secret",
+    "execute",
+    "parse_spec",
+    "placement_events",
+    "reconcile",
+    "report_failure",
+]
 
 
 class Cluster(Protocol):
-    """The API calls a reconcile needs."""
+    """The API calls a reconcile needs (reads of nodes and pods come from the caches, not here)."""
 
-    def list_nodes(self) -> list[Obj]: ...
-    def list_pods(self) -> list[Obj]: ...
     def read_secret(self, namespace: str, name: str) -> Obj | None: ...
     def apply(self, obj: Obj) -> Obj: ...
-    def list_labelled(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]: ...
+    def list_labelled(
+        self, api_version: str, kind: str, namespace: str | None, selector: str
+    ) -> list[Obj]: ...
     def delete(self, obj: Obj) -> None: ...
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None: ...
+    def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None: ...
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a successful reconcile did."""
+    """What a reconcile did."""
 
     placement: Placement
     desired: list[Obj]
@@ -60,18 +66,10 @@ class Outcome:
     pruned: list[Obj]
     status: Obj
     events: list[Event] = field(default_factory=list)
-
-
-def parse_spec(body: Mapping[str, Any]) -> SLMDeploymentSpec:
-    """The spec as the API server stored it (defaults applied); a violation is permanent."""
-    owner = Owner.from_body(body)
-    if len(owner.name) > MAX_NAME_LENGTH:
-        raise SpecError(f"metadata.name must be at most {MAX_NAME_LENGTH} characters")
-    try:
-        return SLMDeploymentSpec.model_validate(body.get("spec") or {})
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise SpecError(f"invalid spec: {problems}") from err
+    plan: Plan | None = None
+    patched: Obj | None = None
+    """The SLMDeployment as the status patch left it (None when no patch was needed or answered)."""
+    status_written: bool = False
 
 
 def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> None:
@@ -86,88 +84,74 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
-def existing_children(cluster: Cluster, owner: Owner) -> list[Obj]:
-    selector = f"{DEPLOYMENT_LABEL}={owner.name}"
-    found: list[Obj] = []
-    for api_version, kind in CHILD_KINDS:
-        found += cluster.list_labelled(api_version, kind, owner.namespace, selector)
-    return found
-
-
-def placement_events(old_status: Mapping[str, Any], placement: Placement) -> list[Event]:
-    """Events only when the decision changes, so periodic resyncs stay quiet."""
-    old_variant = old_status.get("variant") or {}
-    changed = (
-        old_status.get("hardware") != placement.hardware
-        or old_variant.get("quantization") != placement.variant.quantization
-        or old_variant.get("uri") != placement.variant.uri
+def execute(plan: Plan, cluster: Cluster) -> Outcome:
+    """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile."""
+    applied = [cluster.apply(step.obj) for step in plan.apply]
+    for step in plan.delete:
+        cluster.delete(step.obj)
+    deployment = next((a for a in applied if a.get("kind") == "Deployment"), None)
+    status = plan.status(deployment)
+    patched = None
+    written = plan.status_changed(status)
+    if written:
+        patched = cluster.patch_status(plan.owner.namespace, plan.owner.name, status)
+    return Outcome(
+        placement=plan.placement,
+        desired=list(plan.desired),
+        applied=applied,
+        pruned=[step.obj for step in plan.delete],
+        status=status,
+        events=list(plan.events) + plan.status_events(status),
+        plan=plan,
+        patched=patched,
+        status_written=written,
     )
-    if not changed:
-        return []
-    events: list[Event] = [("Normal", "Placed", placement.message)]
-    if placement.skipped:
-        events.append(("Warning", "FallbackPlacement", "; ".join(placement.skipped)))
-    return events
 
 
 def reconcile(
     body: Mapping[str, Any],
     cluster: Cluster,
+    observed: Observed,
     *,
     image: str = DEFAULT_IMAGE,
     timestamp: str | None = None,
+    render: Callable[[RenderContext], list[Obj]] = render_all,
     gateway_namespace: str | None = None,
     gateway_url: str | None = None,
 ) -> Outcome:
-    """Bring the children of the SLMDeployment `body` to the desired state and report it in status."""
+    """Bring the children of the SLMDeployment `body` to the desired state and report it in status.
+
+    `gateway_namespace`: where slm-gateway runs (the NetworkPolicy admits it); `gateway_url`: its
+    OpenAI URL, shown as status.endpoints.fleet."""
     owner = Owner.from_body(body)
-    old_status = body.get("status") or {}
     spec = parse_spec(body)
     check_secret(spec, owner.namespace, cluster)
-    pods = cluster.list_pods()
-    placement = place(spec, cluster.list_nodes(), foreign_pods(pods, owner))
-    ctx = RenderContext(
-        name=owner.name,
-        namespace=owner.namespace,
-        spec=spec,
-        placement=placement,
-        default_image=image,
-        gateway_namespace=gateway_namespace,
-    )
-    desired = owned(render_all(ctx), owner)
-    applied = [cluster.apply(obj) for obj in desired]
-    stale = prune_plan(desired, existing_children(cluster, owner), owner)
-    for obj in stale:
-        cluster.delete(obj)
-    deployment = next((a for a in applied if a.get("kind") == "Deployment"), None)
-    status = reconciled_status(
-        name=owner.name,
-        namespace=owner.namespace,
-        generation=owner.generation,
-        port=spec.networking.port,
-        placement=placement,
-        deployment=deployment,
-        old=old_status,
+    the_plan = plan(
+        body,
+        observed,
+        image=image,
         timestamp=timestamp or now_rfc3339(),
-        pods=own_pods(pods, owner),
-        fleet_endpoint=gateway_url,
+        spec=spec,
+        render=render,
+        gateway_namespace=gateway_namespace,
+        gateway_url=gateway_url,
     )
-    cluster.patch_status(owner.namespace, owner.name, status)
-    events = placement_events(old_status, placement) + fetch_failure_events(old_status, status)
-    events += [("Normal", "Pruned", f"deleted {o['kind']} {o['metadata']['name']}") for o in stale]
-    return Outcome(placement, desired, applied, stale, status, events)
+    return execute(the_plan, cluster)
 
 
 def report_failure(
     body: Mapping[str, Any], error: SlmOperatorError, cluster: Cluster, *, timestamp: str | None = None
 ) -> list[Event]:
-    """Set Degraded (nothing was applied) and return an Event if the message is new."""
+    """Set Degraded (nothing was applied) and return an Event if the message is new.
+
+    Quiet when the status already says exactly this (a retried failure writes nothing)."""
     owner = Owner.from_body(body)
     old_status = body.get("status") or {}
     status = failed_status(
         error, generation=owner.generation, old=old_status, timestamp=timestamp or now_rfc3339()
     )
-    cluster.patch_status(owner.namespace, owner.name, status)
+    if any(old_status.get(k) != v for k, v in status.items()):
+        cluster.patch_status(owner.namespace, owner.name, status)
     if condition_message(old_status, "Degraded") == str(error):
         return []
     return [("Warning", error.reason, str(error))]

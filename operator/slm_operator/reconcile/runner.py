@@ -1,24 +1,82 @@
-"""`slm-operator run`: wire the context and registry, then hand control to kopf.
+"""`slm-operator run`: wire the context, the informers and the registry, then hand control to kopf.
+
+Informers (one list + watch each, see `slm_operator.kube.Informer`): nodes (cluster-wide); pods
+that still hold resources (not Succeeded/Failed) and SLMDeployments, per watched namespace or
+cluster-wide; with `--peering`, the kopf peering object. A namespaced install therefore needs
+Roles for pods and SLMDeployments in its namespaces, plus read access to nodes.
 
 High availability: run several replicas with `--peering NAME` (kopf peering, needs kopf's
-KopfPeering/ClusterKopfPeering CRDs); the highest-priority replica handles events, others stand by.
+KopfPeering/ClusterKopfPeering CRDs); the highest-priority replica handles events, the others stand
+by with warm caches and do nothing (`context.Leadership`); the peering identity is $POD_ID (the
+chart sets it), generated here when unset so that this replica can recognise its own entry.
 Without `--peering` the operator runs standalone (one replica).
 """
 
 from __future__ import annotations
 
-import kopf
+import getpass
+import os
+import socket
+import uuid
 
-from slm_operator.kube import Kube, load_config
-from slm_operator.reconcile.context import OperatorContext
+import kopf
+from prometheus_client import Counter
+
+from slm_operator.api import API_VERSION, PLURAL
+from slm_operator.kube import Informer, Kube, WatchTarget, collection_path, load_config
+from slm_operator.reconcile.context import Background, Leadership, OperatorContext
 from slm_operator.reconcile.handlers import build_registry
 from slm_operator.settings import Settings
+
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+PEERING_API = "kopf.dev/v1"
+
+
+def informers(kube: Kube, ctx: OperatorContext) -> list[Background]:
+    """One informer per resource and scope, feeding `ctx.cache`."""
+    settings, cache = ctx.settings, ctx.cache
+    scopes: list[str | None] = list(settings.namespaces) or [None]
+    found: list[Background] = [Informer(kube, WatchTarget(collection_path("v1", "nodes")), cache.nodes)]
+    for namespace in scopes:
+        pods = WatchTarget(
+            collection_path("v1", "pods", namespace), field_selector=ACTIVE_PODS, namespace=namespace
+        )
+        owners = WatchTarget(collection_path(API_VERSION, PLURAL, namespace), namespace=namespace)
+        found += [Informer(kube, pods, cache.pods), Informer(kube, owners, cache.owners)]
+        if settings.peering:
+            plural = "kopfpeerings" if namespace else "clusterkopfpeerings"
+            peering = WatchTarget(
+                collection_path(PEERING_API, plural, namespace),
+                field_selector=f"metadata.name={settings.peering}",
+                namespace=namespace,
+            )
+            found.append(Informer(kube, peering, cache.peering))
+    return found
+
+
+def own_identity() -> str:
+    """kopf's peering identity for this process: $POD_ID, set here when missing."""
+    identity = os.environ.get("POD_ID")
+    if not identity:
+        identity = f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        os.environ["POD_ID"] = identity
+    return identity
 
 
 def run_operator(settings: Settings) -> None:
     kopf.configure(log_format=kopf.LogFormat.PLAIN)
     load_config()
-    ctx = OperatorContext(settings=settings, cluster=Kube(field_manager=settings.field_manager))
+    kube = Kube(field_manager=settings.field_manager, connections=settings.workers + 4)
+    leadership = Leadership(settings.peering, own_identity(), settings.priority)
+    ctx = OperatorContext(settings=settings, cluster=kube, leadership=leadership)
+    requests = Counter(
+        "slm_operator_api_requests",
+        "HTTP requests of the operator's own client (kopf's are not included) by verb.",
+        ["verb"],
+        registry=ctx.metrics.registry,
+    )
+    kube.requests.listen(lambda verb: requests.labels(verb=verb).inc())
+    ctx.background = informers(kube, ctx)
     kopf.run(
         registry=build_registry(),
         memo=kopf.Memo(ctx=ctx),

@@ -160,55 +160,82 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait(timeout=5)
 
 
+def launch_operator(
+    kubeconfig: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> OperatorProcess:
+    """`slm-operator run` as a local subprocess (its own session), waiting for its liveness
+    endpoint. The same arguments as the chart's Deployment (templates/deployment.yaml), local
+    ports; `extra` adds or overrides flags (`--peering`, `--namespace`...)."""
+    health = f"http://127.0.0.1:{_free_port()}/healthz"
+    metrics_port = _free_port()
+    full_env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "SLM_RUNTIME_IMAGE": "ghcr.io/slm-operator/slm-runtime:e2e",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    # Outside a pod the in-cluster config must not be picked up by accident.
+    full_env.pop("KUBERNETES_SERVICE_HOST", None)
+    scope = [] if any(a.startswith(("--namespace", "-n")) for a in extra) else ["--all-namespaces"]
+    mode = [] if any(a.startswith("--peering") for a in extra) else ["--standalone"]
+    argv = [
+        str(Path(sys.executable).with_name("slm-operator")),
+        "run",
+        *scope,
+        *mode,
+        f"--metrics-port={metrics_port}",
+        f"--liveness={health}",
+        f"--resync-seconds={RESYNC_SECONDS}",
+        *extra,
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=log_path.parent,
+            start_new_session=True,
+        )
+    running = OperatorProcess(process, log_path, kubeconfig, f"http://127.0.0.1:{metrics_port}/metrics")
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"operator exited with {process.returncode}:\n{tail(running)}")
+        return _healthy(health)
+
+    try:
+        wait_for(up, 60, "the operator's liveness endpoint", interval=0.5)
+    except BaseException:
+        stop_operator(process)
+        raise
+    return running
+
+
+def stop_operator(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    _stop(process, timeout)
+
+
+def chart_kubeconfig(kube_api: client.ApiClient, release: Release, path: Path) -> Path:
+    """A kubeconfig with a TokenRequest token of the chart's ServiceAccount."""
+    return serviceaccount_kubeconfig(
+        kube_api, release.namespace, release.service_account, path, expiration_seconds=3 * 3600
+    )
+
+
 @pytest.fixture(scope="package")
 def operator(
     operator_release: Release, kube_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("operator")
-    sa_config = serviceaccount_kubeconfig(
-        kube_api,
-        operator_release.namespace,
-        operator_release.service_account,
-        workdir / "kubeconfig",
-        expiration_seconds=3 * 3600,
-    )
+    sa_config = chart_kubeconfig(kube_api, operator_release, workdir / "kubeconfig")
     log_path = Path(os.environ.get("SLM_E2E_OPERATOR_LOG") or workdir / "operator.log")
-    health = f"http://127.0.0.1:{_free_port()}/healthz"
-    metrics_port = _free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(sa_config),
-        "SLM_RUNTIME_IMAGE": "ghcr.io/slm-operator/slm-runtime:e2e",
-        "PYTHONUNBUFFERED": "1",
-    }
-    # Outside a pod the in-cluster config must not be picked up by accident.
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    # The same arguments as the chart's Deployment (templates/deployment.yaml), local ports.
-    argv = [
-        str(Path(sys.executable).with_name("slm-operator")),
-        "run",
-        "--all-namespaces",
-        "--standalone",
-        f"--metrics-port={metrics_port}",
-        f"--liveness={health}",
-        f"--resync-seconds={RESYNC_SECONDS}",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
-        )
-    running = OperatorProcess(process, log_path, sa_config, f"http://127.0.0.1:{metrics_port}/metrics")
+    running = launch_operator(sa_config, log_path)
     try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"operator exited with {process.returncode}:\n{tail(running)}")
-            return _healthy(health)
-
-        wait_for(up, 60, "the operator's liveness endpoint", interval=0.5)
         yield running
     finally:
-        _stop(process)
+        _stop(running.process)
 
 
 def tail(op: OperatorProcess, lines: int = 80) -> str:

@@ -52,7 +52,7 @@ ALLOWED = [
     Access("get", "", "secrets"),
     *_all("create patch", "", "events"),
     *_all("create patch", "events.k8s.io", "events"),
-    *_all("get list", "", "nodes", None),
+    *_all("get list watch", "", "nodes", None),
     *_all("list watch", "apiextensions.k8s.io", "customresourcedefinitions", None),
     *_all("list watch", "", "namespaces", None),
 ]

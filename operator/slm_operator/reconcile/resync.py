@@ -1,0 +1,106 @@
+"""The periodic resync: re-plan every SLMDeployment from the caches, act only on a difference.
+
+An operator-level loop (not a kopf timer: no finalizers on objects). Each SLMDeployment has a
+fingerprint of what its plan reads (its generation, the node and pod stores' versions, the applied
+children's version); an owner whose fingerprint did not change since its last successful reconcile
+is skipped without even planning, and a plan with nothing to do makes no API call, so a steady
+fleet costs neither CPU nor requests. Owners whose last reconcile failed on an API error are
+retried every `RETRY_SECONDS`; specs with an API key Secret are re-checked every period (one GET).
+
+On a standby replica (kopf peering) the loop does nothing, and it runs a full pass as soon as this
+replica takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from slm_operator.errors import KubeError
+from slm_operator.reconcile.context import OperatorContext, OwnerKey
+from slm_operator.reconcile.runs import run_reconcile
+
+log = logging.getLogger("slm_operator")
+RETRY_SECONDS = 2.0
+Fingerprint = tuple[int, int, int, int]
+
+
+def fingerprint(ctx: OperatorContext, body: Mapping[str, Any]) -> Fingerprint:
+    nodes, pods = ctx.cache.placement_version()
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    return generation, nodes, pods, ctx.applied.version
+
+
+def resync_once(
+    ctx: OperatorContext, done: dict[OwnerKey, Fingerprint], failed: set[OwnerKey], *, full: bool
+) -> int:
+    """One pass over the cached SLMDeployments; returns how many were reconciled.
+
+    `full`: every owner whose fingerprint changed (and every failed one); otherwise only the
+    owners whose last reconcile failed."""
+    count = 0
+    present: set[OwnerKey] = set()
+    for body in sorted(
+        ctx.cache.owners.items(), key=lambda b: (b["metadata"].get("namespace"), b["metadata"].get("name"))
+    ):
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        present.add(key)
+        if meta.get("deletionTimestamp") or not ctx.active():
+            continue
+        stamp = fingerprint(ctx, body)
+        checks_secret = bool((body.get("spec") or {}).get("auth"))
+        if key not in failed and (not full or (done.get(key) == stamp and not checks_secret)):
+            continue
+        count += 1
+        try:
+            run_reconcile(ctx, dict(body), "resync")
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            done.pop(key, None)
+            if isinstance(err.__cause__, KubeError):
+                failed.add(key)
+            else:
+                failed.discard(key)
+            log.info("resync of %s/%s: %s", key[0], key[1], err)
+            continue
+        failed.discard(key)
+        done[key] = stamp
+    for gone in set(done) - present:
+        done.pop(gone, None)
+    failed &= present
+    return count
+
+
+async def resync_forever(ctx: OperatorContext) -> None:
+    """Every `--resync-seconds`: a pass; every `RETRY_SECONDS`: the failed owners; a full pass
+    when this replica becomes active after having been a standby."""
+    interval = ctx.settings.resync_seconds
+    done: dict[OwnerKey, Fingerprint] = {}
+    failed: set[OwnerKey] = set()
+    last_full = time.monotonic()
+    was_active = True
+    while True:
+        await asyncio.sleep(min(interval, RETRY_SECONDS))
+        if not ctx.cache.synced():
+            continue
+        if not ctx.active():
+            if was_active:
+                log.info("standby: another replica is active; the resync waits")
+            was_active = False
+            done.clear()
+            failed.clear()
+            continue
+        full = not was_active or time.monotonic() - last_full >= interval
+        if not was_active:
+            log.info("this replica is now active: re-planning every SLMDeployment")
+        was_active = True
+        if full:
+            last_full = time.monotonic()
+        elif not failed:
+            continue
+        await asyncio.to_thread(resync_once, ctx, done, failed, full=full)

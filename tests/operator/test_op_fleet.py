@@ -1,0 +1,376 @@
+"""The operator at fleet scale, without a cluster: the informers' stores, pending-pod accounting,
+leadership from the peering object, and the resync that re-plans from the caches and makes no API
+call when nothing differs (a standby's makes none at all)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from op_support import bed_nodes, gguf, pod_on
+from test_op_reconcile import UID, FakeCluster, _body, _ctx
+
+from slm_operator.api import SLMDeploymentSpec
+from slm_operator.hardware import parse_nodes
+from slm_operator.placement import charge_pending, place
+from slm_operator.rbac import rules
+from slm_operator.reconcile.cache import Store, slim_node, slim_pod
+from slm_operator.reconcile.context import Leadership, OperatorContext, is_leader
+from slm_operator.reconcile.handlers import plain, run_reconcile
+from slm_operator.reconcile.plan import CHILDREN
+from slm_operator.reconcile.resync import resync_once
+
+Obj = dict[str, Any]
+
+
+def _pod(
+    name: str, *, namespace: str = "ns", owner: str | None = None, rv: str = "1", node: str = "n"
+) -> Obj:
+    labels = {"slm.dev/deployment": owner} if owner else {}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "resourceVersion": rv,
+            "managedFields": [{"manager": "x"}],
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "big", "resources": {}}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+    }
+
+
+# --- stores ---------------------------------------------------------------------------------------
+
+
+def test_store_indexes_by_owner_and_keeps_slim_copies() -> None:
+    store = Store(slim_pod)
+    seen: list[tuple[str, str]] = []
+    store.listen(lambda kind, obj: seen.append((kind, obj["metadata"]["name"])))
+    store.replace([_pod("a-1", owner="a"), _pod("a-2", owner="a"), _pod("x")])
+    assert [p["metadata"]["name"] for p in store.owned_by("ns", "a")] == ["a-1", "a-2"]
+    assert store.owned_by("other", "a") == []
+    kept = store.get("ns", "a-1")
+    assert kept is not None and "managedFields" not in kept["metadata"] and "podIP" not in kept["status"]
+    assert "image" not in kept["spec"]["containers"][0]
+    version = store.version
+    store.upsert(_pod("a-1", owner="a"))  # the same again: no change, no version bump
+    assert store.version == version
+    store.upsert(_pod("a-1", owner="b", rv="2"))  # relabelled: moves between owners
+    assert [p["metadata"]["name"] for p in store.owned_by("ns", "b")] == ["a-1"]
+    assert store.version == version + 1
+    store.remove(_pod("a-2"))
+    assert store.owned_by("ns", "a") == [] and len(store) == 2
+    assert ("DELETED", "a-2") in seen
+
+
+def test_an_older_watch_event_does_not_undo_a_written_through_update() -> None:
+    store = Store(slim_pod)
+    store.upsert(_pod("p", rv="10"))
+    store.upsert({**_pod("p", rv="9"), "status": {"phase": "Pending"}})
+    kept = store.get("ns", "p")
+    assert kept is not None and kept["status"]["phase"] == "Running"
+
+
+def test_a_relist_drops_what_was_deleted_while_away_only_in_its_namespace() -> None:
+    store = Store(slim_pod)
+    store.replace([_pod("a", namespace="one"), _pod("b", namespace="one")], "one")
+    store.replace([_pod("c", namespace="two")], "two")
+    gone: list[str] = []
+    store.listen(lambda kind, obj: gone.append(obj["metadata"]["name"]) if kind == "DELETED" else None)
+    store.replace([_pod("a", namespace="one")], "one")
+    assert sorted(p["metadata"]["name"] for p in store.items()) == ["a", "c"]
+    assert gone == ["b"]
+    assert store.synced.is_set()
+
+
+def test_slim_nodes_place_like_full_nodes() -> None:
+    spec = SLMDeploymentSpec.model_validate(
+        {"model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}}
+    )
+    full = bed_nodes()
+    assert place(spec, [slim_node(n) for n in full]) == place(spec, full)
+
+
+# --- pending pods ---------------------------------------------------------------------------------
+
+
+def _pending(name: str, requests: dict[str, str], created: str, **spec: Any) -> Obj:
+    pod = pod_on("", requests, name=name)
+    del pod["spec"]["nodeName"]
+    pod["spec"].update(spec)
+    pod["metadata"]["creationTimestamp"] = created
+    pod["status"] = {"phase": "Pending"}
+    return pod
+
+
+GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_pending_pods_are_charged_first_fit_oldest_first() -> None:
+    nodes = parse_nodes(bed_nodes())
+    pods = [
+        _pending("late", {"nvidia.com/gpu": "1"}, "2026-01-01T00:00:02Z", tolerations=GPU_TOLERATION),
+        _pending("early", {"nvidia.com/gpu": "1"}, "2026-01-01T00:00:01Z", tolerations=GPU_TOLERATION),
+        _pending("third", {"nvidia.com/gpu": "1"}, "2026-01-01T00:00:03Z", tolerations=GPU_TOLERATION),
+    ]
+    free = {n.name: n.available("nvidia.com/gpu") for n in charge_pending(nodes, pods)}
+    assert free["gpu-node-1"] == 0 and free["gpu-node-2"] == 0  # the third one stays pending
+
+
+def test_pending_pods_go_only_where_they_could_be_bound() -> None:
+    nodes = parse_nodes(bed_nodes())
+    untolerated = _pending("p", {"nvidia.com/gpu": "1"}, "t")  # the GPU taint keeps it off
+    selected = _pending("q", {"cpu": "8"}, "t", nodeSelector={"kubernetes.io/hostname": "cpu-node-2"})
+    affine = _pending(
+        "r",
+        {"cpu": "1"},
+        "t",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["1"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        tolerations=GPU_TOLERATION,
+    )
+    charged = {n.name: n for n in charge_pending(nodes, [untolerated, selected, affine])}
+    before = {n.name: n for n in nodes}
+    assert charged["gpu-node-1"].available("nvidia.com/gpu") == 1
+    if "kubernetes.io/hostname" in before["cpu-node-2"].labels:
+        assert charged["cpu-node-2"].available("cpu") == before["cpu-node-2"].available("cpu") - 8
+    gpu_cpu = [charged[n].available("cpu") for n in ("gpu-node-1", "gpu-node-2")]
+    assert sorted(gpu_cpu) != sorted(before[n].available("cpu") for n in ("gpu-node-1", "gpu-node-2"))
+
+
+# --- leadership -----------------------------------------------------------------------------------
+
+
+def _peer(priority: int, seconds_ago: float, lifetime: int = 60) -> Obj:
+    seen = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+    return {"priority": priority, "lifetime": lifetime, "lastseen": seen.isoformat()}
+
+
+def test_leadership_follows_kopfs_rule() -> None:
+    me = "me"
+    assert is_leader({}, me, 5)
+    assert is_leader({me: _peer(5, 0), "b": _peer(3, 0)}, me, 5)
+    assert not is_leader({me: _peer(5, 0), "b": _peer(7, 0)}, me, 5)
+    assert not is_leader({me: _peer(5, 0), "b": _peer(5, 0)}, me, 5)  # kopf pauses both
+    assert is_leader({me: _peer(5, 0), "b": _peer(7, 61)}, me, 5)  # the higher one died
+    assert is_leader({me: _peer(5, 0), "b": {"priority": "x"}}, me, 5)
+
+
+def test_standalone_is_always_active_and_a_peer_waits_for_its_peering_object() -> None:
+    ctx = _ctx(FakeCluster())
+    assert ctx.active()
+    ctx.leadership = Leadership("slm", "me", 5)
+    assert not ctx.active()  # the peering store has not listed yet
+    ctx.cache.peering.replace(
+        [{"metadata": {"name": "slm"}, "status": {"me": _peer(5, 0), "b": _peer(9, 1)}}]
+    )
+    assert not ctx.active()
+    ctx.cache.peering.replace([{"metadata": {"name": "slm"}, "status": {"me": _peer(5, 0)}}])
+    assert ctx.active()
+
+
+# --- the resync -----------------------------------------------------------------------------------
+
+
+class CountingCluster(FakeCluster):
+    """The fake API, counting every call a reconcile makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def apply(self, obj: Obj) -> Obj:
+        self.calls.append("apply")
+        return super().apply(obj)
+
+    def delete(self, obj: Obj) -> None:
+        self.calls.append("delete")
+        super().delete(obj)
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.calls.append("patch_status")
+        super().patch_status(namespace, name, status)
+
+    def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
+        self.calls.append("list")
+        return super().list_labelled(api_version, kind, namespace, selector)
+
+    def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
+        self.calls.append("event")
+        self.events.append((type, reason, message))
+
+    def read_secret(self, namespace: str, name: str) -> Obj | None:
+        self.calls.append("read_secret")
+        return super().read_secret(namespace, name)
+
+
+def _fleet(n: int) -> tuple[CountingCluster, OperatorContext, list[Obj]]:
+    cluster = CountingCluster()
+    ctx = _ctx(cluster)
+    bodies = []
+    for i in range(n):
+        body = _body(name=f"m{i}")
+        body["metadata"]["uid"] = f"{UID}-{i}"
+        bodies.append(body)
+    ctx.cache.owners.replace(bodies)
+    return cluster, ctx, bodies
+
+
+def _sync_status(ctx: OperatorContext, cluster: CountingCluster, bodies: list[Obj]) -> None:
+    """What the SLMDeployment watch would deliver after the status patches."""
+    patched = iter(cluster.status_patches)
+    for body in bodies:
+        body["status"] = copy.deepcopy(next(patched))
+    ctx.cache.owners.replace(bodies)
+
+
+def test_a_steady_fleet_resyncs_without_api_calls() -> None:
+    cluster, ctx, bodies = _fleet(5)
+    done: dict[tuple[str, str], Any] = {}
+    failed: set[tuple[str, str]] = set()
+    assert resync_once(ctx, done, failed, full=True) == 5
+    # one list per child kind for the whole fleet (what a previous process left), not per owner
+    assert cluster.calls.count("apply") == 5 * 5 and cluster.calls.count("list") == len(CHILDREN)
+    # pending accounting: the first two take the two GPUs, the others fall back to cpu
+    assert [s["hardware"] for s in cluster.status_patches] == ["gpu", "gpu", "cpu", "cpu", "cpu"]
+    _sync_status(ctx, cluster, bodies)
+    cluster.calls.clear()
+    assert resync_once(ctx, done, failed, full=True) == 5  # the applied children changed the inputs once
+    assert cluster.calls == []
+    assert resync_once(ctx, done, failed, full=True) == 0  # nothing changed: not even planned
+    # a node changes (a label): everything is re-planned, and still nothing differs
+    nodes = bed_nodes()
+    nodes[0]["metadata"].setdefault("labels", {})["example.com/rack"] = "r2"
+    ctx.cache.nodes.replace(nodes)
+    assert resync_once(ctx, done, failed, full=True) == 5
+    assert cluster.calls == []
+
+
+def test_the_resync_of_a_standby_does_nothing() -> None:
+    cluster, ctx, _ = _fleet(3)
+    ctx.leadership = Leadership("slm", "me", 1)
+    ctx.cache.peering.replace(
+        [{"metadata": {"name": "slm"}, "status": {"me": _peer(1, 0), "b": _peer(2, 0)}}]
+    )
+    assert resync_once(ctx, {}, set(), full=True) == 0
+    assert cluster.calls == [] and cluster.applies == []
+
+
+def test_a_deleted_child_is_noticed_and_restored_without_listing() -> None:
+    cluster, ctx, bodies = _fleet(1)
+    run_reconcile(ctx, plain(bodies[0]), "change")
+    cluster.calls.clear()
+    service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
+    cluster.owner = bodies[0]
+    cluster.delete(service)
+    from slm_operator.reconcile.handlers import on_child_event
+
+    class Memo:
+        def __init__(self, ctx: OperatorContext) -> None:
+            self.ctx = ctx
+
+    on_child_event(type="DELETED", body=service, memo=Memo(ctx))
+    assert "Service" in cluster.kinds()
+    assert "list" not in cluster.calls and cluster.calls.count("apply") == 1
+
+
+def test_rbac_follows_the_child_table_and_lets_the_informers_watch() -> None:
+    granted = {
+        (g, r, v)
+        for rule in rules()
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for child in CHILDREN:
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert (child.group, child.plural, verb) in granted
+    for resource in ("nodes", "pods"):
+        assert {("", resource, "list"), ("", resource, "watch")} <= granted
+    assert ("slm.dev", "slmdeployments", "watch") in granted
+
+
+def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> None:
+    cluster, ctx, bodies = _fleet(2)
+    scaled = {
+        "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
+    }
+    for body in bodies:
+        body["spec"] = copy.deepcopy(scaled)
+        run_reconcile(ctx, plain(body), "change")
+    assert cluster.kinds().count("HorizontalPodAutoscaler") == 2
+    # a new process (empty memory) meets the same children after the spec dropped autoscaling
+    restarted = _ctx(cluster)
+    cluster.calls.clear()
+    for body in bodies:
+        body["spec"].pop("autoscaling")
+        body["metadata"]["generation"] = 2
+        run_reconcile(restarted, plain(body), "resync")
+    assert "HorizontalPodAutoscaler" not in cluster.kinds()
+    assert cluster.calls.count("list") == len(CHILDREN)
+    assert cluster.calls.count("delete") == 4  # the HPA and the PDB of each
+
+
+def test_a_stale_trigger_body_does_not_report_the_placement_again() -> None:
+    """kopf's create event can carry an older copy than the cache (whose status this process wrote
+    meanwhile, e.g. from a resync): the reconcile uses the newer one, so no second Placed."""
+    cluster, ctx, bodies = _fleet(1)
+    stale = copy.deepcopy(bodies[0])
+    stale["metadata"]["resourceVersion"] = "5"
+    run_reconcile(ctx, plain(stale), "resync")
+    assert [r for _, r, _ in cluster.events] == ["Placed"]
+    fresher = copy.deepcopy(stale)
+    fresher["metadata"]["resourceVersion"] = "6"
+    fresher["status"] = copy.deepcopy(cluster.status_patches[-1])
+    ctx.cache.owners.upsert(fresher)
+    cluster.calls.clear()
+    run_reconcile(ctx, plain(stale), "change")
+    assert [r for _, r, _ in cluster.events] == ["Placed"]
+    assert cluster.calls == []
+
+
+def test_a_node_heartbeat_does_not_change_the_node_store() -> None:
+    store = Store(slim_node)
+    nodes = bed_nodes()
+    store.replace(nodes)
+    version = store.version
+    beat = copy.deepcopy(nodes[0])
+    beat["metadata"]["resourceVersion"] = "999"
+    for cond in beat["status"].get("conditions") or ():
+        cond["lastHeartbeatTime"] = "2026-12-01T00:00:09Z"
+    store.upsert(beat)
+    assert store.version == version
+
+
+def test_a_status_update_by_another_controller_is_not_drift() -> None:
+    """The Deployment controller's status writes give the Deployment new versions; what the
+    operator set is unchanged, so no drift reconcile (the remembered form carries the
+    ownerReferences pruning needs, which the comparison must not count)."""
+    cluster, ctx, bodies = _fleet(1)
+    cluster.owner = bodies[0]
+    run_reconcile(ctx, plain(bodies[0]), "change")
+    deployment = copy.deepcopy(next(o for o in cluster.objects.values() if o["kind"] == "Deployment"))
+    deployment["metadata"]["resourceVersion"] = "9999"
+    deployment["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}
+    from slm_operator.reconcile.handlers import on_child_event
+
+    class Memo:
+        def __init__(self, ctx: OperatorContext) -> None:
+            self.ctx = ctx
+
+    on_child_event(type="MODIFIED", body=deployment, memo=Memo(ctx))
+    assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0

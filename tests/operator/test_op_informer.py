@@ -1,0 +1,149 @@
+"""The informer over a real socket with the real Kubernetes client: list, then watch from the list's
+resourceVersion; a 410 Gone or a dropped connection leads to a re-list that drops what was deleted
+meanwhile. A small HTTP server on loopback plays the API server's list and watch protocol."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from kubernetes import client
+
+from slm_operator.kube import Informer, Kube, WatchTarget, collection_path
+from slm_operator.reconcile.cache import Store, slim_pod
+from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.runner import informers
+from slm_operator.settings import Settings
+
+Obj = dict[str, Any]
+
+
+def _pod(name: str, rv: int) -> Obj:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": str(rv), "labels": {}},
+        "spec": {"nodeName": "n", "containers": []},
+        "status": {"phase": "Running"},
+    }
+
+
+class FakeApi:
+    """Scripted answers: lists in order, and for each watch a list of events (or a 410)."""
+
+    def __init__(self) -> None:
+        self.lists = [
+            {"metadata": {"resourceVersion": "10"}, "items": [_pod("a", 5), _pod("b", 6)]},
+            {"metadata": {"resourceVersion": "20"}, "items": [_pod("b", 6), _pod("c", 11), _pod("d", 19)]},
+        ]
+        self.watches: list[list[Obj] | int] = [
+            [{"type": "ADDED", "object": _pod("c", 11)}, {"type": "DELETED", "object": _pod("a", 12)}],
+            410,
+            [],  # then the watch from 20 stays quiet
+        ]
+        self.seen: list[dict[str, list[str]]] = []
+        self.lock = threading.Lock()
+
+
+def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            with api.lock:
+                api.seen.append(query)
+                watching = query.get("watch") == ["true"]
+                answer: Any = (api.watches.pop(0) if api.watches else []) if watching else api.lists.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            if not watching:
+                self.wfile.write(json.dumps(answer).encode())
+                return
+            if answer == 410:
+                gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
+                self.wfile.write(json.dumps(gone).encode() + b"\n")
+                return
+            for event in answer:
+                self.wfile.write(json.dumps(event).encode() + b"\n")
+                self.wfile.flush()
+            if not api.watches:
+                time.sleep(0.5)  # a quiet watch that the server ends after a while
+
+    return Handler
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[FakeApi, str]]:
+    api = FakeApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield api, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def test_list_watch_gone_relist(fake_api: tuple[FakeApi, str]) -> None:
+    api, url = fake_api
+    config = client.Configuration(host=url)
+    kube = Kube(api_client=client.ApiClient(config))
+    store = Store(slim_pod)
+    informer = Informer(kube, WatchTarget("/api/v1/pods", field_selector="status.phase!=Failed"), store)
+    informer.start()
+    try:
+        _until(lambda: informer.relists >= 2 and len(store) == 3, "the re-list after 410")
+    finally:
+        informer.stop()
+    assert sorted(p["metadata"]["name"] for p in store.items()) == ["b", "c", "d"]
+    first_watch = next(q for q in api.seen if q.get("watch") == ["true"])
+    assert first_watch["resourceVersion"] == ["10"] and first_watch["fieldSelector"] == [
+        "status.phase!=Failed"
+    ]
+    assert first_watch["allowWatchBookmarks"] == ["true"]
+    counts = kube.requests.snapshot()
+    assert counts.get("GET", 0) >= 2 and counts.get("WATCH", 0) >= 2
+    assert kube.requests.writes() == 0
+
+
+def test_namespaced_mode_lists_nothing_cluster_wide_but_nodes() -> None:
+    class NoCluster:
+        pass
+
+    ctx = OperatorContext(settings=Settings(namespaces=("a", "b"), peering="slm"), cluster=NoCluster())  # type: ignore[arg-type]
+    paths = sorted(i._target.path for i in informers(Kube(), ctx))  # type: ignore[attr-defined]
+    assert paths == sorted(
+        [
+            "/api/v1/nodes",
+            collection_path("v1", "pods", "a"),
+            collection_path("v1", "pods", "b"),
+            "/apis/slm.dev/v1alpha1/namespaces/a/slmdeployments",
+            "/apis/slm.dev/v1alpha1/namespaces/b/slmdeployments",
+            "/apis/kopf.dev/v1/namespaces/a/kopfpeerings",
+            "/apis/kopf.dev/v1/namespaces/b/kopfpeerings",
+        ]
+    )
+    wide = OperatorContext(settings=Settings(all_namespaces=True), cluster=NoCluster())  # type: ignore[arg-type]
+    assert sorted(i._target.path for i in informers(Kube(), wide)) == [  # type: ignore[attr-defined]
+        "/api/v1/nodes",
+        "/api/v1/pods",
+        "/apis/slm.dev/v1alpha1/slmdeployments",
+    ]
