@@ -94,51 +94,19 @@ def make_pki(pki: Path) -> None:
     shutil.rmtree(pki, ignore_errors=True)
     pki.mkdir(parents=True)
     days = "3650"
-    openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "rsa:2048",
-        "-sha256",
-        "-days",
-        days,
-        "-keyout",
-        str(pki / "ca.key"),
-        "-out",
-        str(pki / "ca.crt"),
-        "-subj",
-        "/CN=slm-local-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )
 
+    def make_ca(name: str, cn: str) -> None:
+        openssl(
+            "req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-sha256", "-days", days,
+            "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.crt"), "-subj", f"/CN={cn}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        )  # fmt: skip
+
+    make_ca("ca", "slm-local-ca")
     # The aggregation layer's own CA (as kubeadm does): the apiserver proves itself to aggregated
     # API servers (metrics-server) with front-proxy-client, and they trust only that CA for it.
-    openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "rsa:2048",
-        "-sha256",
-        "-days",
-        days,
-        "-keyout",
-        str(pki / "front-proxy-ca.key"),
-        "-out",
-        str(pki / "front-proxy-ca.crt"),
-        "-subj",
-        "/CN=slm-front-proxy-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )
+    make_ca("front-proxy-ca", "slm-front-proxy-ca")
 
     def leaf(name: str, subj: str, ext: str, ca: str = "ca") -> None:
         openssl("genrsa", "-out", str(pki / f"{name}.key"), "2048")
