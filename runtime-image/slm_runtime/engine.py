@@ -131,9 +131,15 @@ class SerialEngine:
         self._require_loaded()
         return await self._call(lambda: self._backend.embed(texts, truncate=truncate))
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        """Queue `request`; yield its events. Closing the iterator early cancels the generation."""
-        self._require_loaded()
+    def _channel(
+        self, request: GenerationRequest
+    ) -> tuple[
+        asyncio.Queue[GenerationEvent | _Failure],
+        Callable[[GenerationEvent | _Failure], None],
+        Callable[[GenerationEvent], None],
+    ]:
+        """The per-request queue the decode thread feeds, `deliver` (thread-safe put), and `emit`
+        (deliver an event, telling the finish observers first). Call on the event loop."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | _Failure] = asyncio.Queue()
 
@@ -151,6 +157,13 @@ class SerialEngine:
                     except Exception:
                         log.exception("finish observer failed")
             deliver(event)
+
+        return events, deliver, emit
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Queue `request`; yield its events. Closing the iterator early cancels the generation."""
+        self._require_loaded()
+        events, deliver, emit = self._channel(request)
 
         def job() -> None:
             if request.cancelled.is_set():

@@ -13,7 +13,6 @@ tokens/s of one (`benchmarks/onnx_concurrency.py`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -81,23 +80,7 @@ class BatchingOnnxEngine(SerialEngine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Queue `request`; yield its events. Closing the iterator early cancels the generation."""
         self._require_loaded()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenerationEvent | _Failure] = asyncio.Queue()
-
-        def deliver(item: GenerationEvent | _Failure) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (shutdown); nobody is listening
-                request.cancel()
-
-        def emit(event: GenerationEvent) -> None:
-            if isinstance(event, FinishEvent):
-                for observer in self._observers:
-                    try:
-                        observer(request, event)
-                    except Exception:
-                        log.exception("finish observer failed")
-            deliver(event)
+        events, deliver, emit = self._channel(request)
 
         with self._lock:
             self._waiting.append(_Waiting(request, emit, deliver))

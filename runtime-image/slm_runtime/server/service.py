@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import replace
 from typing import Any, Literal, cast
 
@@ -254,15 +254,10 @@ class Service:
             response_format=fmt,
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        """Admit (or raise Overloaded/NotReady), run, and time one generation.
-
-        Closing this iterator early releases the slot and cancels the engine's generation.
-        """
-        arrived = time.perf_counter()
-        self.info  # noqa: B018 -- 503 while loading
+    async def _admit(self) -> AbstractAsyncContextManager[None]:
+        """A held slot of the limiter (release with `__aexit__`), or Overloaded/NotReady, counted."""
+        slot = self.limiter.slot()
         try:
-            slot = self.limiter.slot()
             await slot.__aenter__()
         except OverloadedError:
             self.metrics.rejected("overloaded")
@@ -270,6 +265,16 @@ class Service:
         except NotReadyError:
             self.metrics.rejected("draining")
             raise
+        return slot
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Admit (or raise Overloaded/NotReady), run, and time one generation.
+
+        Closing this iterator early releases the slot and cancels the engine's generation.
+        """
+        arrived = time.perf_counter()
+        self.info  # noqa: B018 -- 503 while loading
+        slot = await self._admit()
         try:
             last: float | None = None
             async with aclosing(self.engine.generate(request)) as events:
@@ -302,15 +307,7 @@ class Service:
             raise UnsupportedError("this model's backend does not support embeddings")
         if not texts:
             raise BadRequestError("input must not be empty", param="input")
-        try:
-            slot = self.limiter.slot()
-            await slot.__aenter__()
-        except OverloadedError:
-            self.metrics.rejected("overloaded")
-            raise
-        except NotReadyError:
-            self.metrics.rejected("draining")
-            raise
+        slot = await self._admit()
         try:
             result = await self.engine.embed(texts, truncate=truncate)
         finally:
