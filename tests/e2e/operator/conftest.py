@@ -187,7 +187,10 @@ def launch_operator(
         f"--metrics-port={metrics_port}",
         f"--liveness={health}",
         f"--resync-seconds={RESYNC_SECONDS}",
-        *extra,
+        # The examples' hf:// variants carry no sha256 and are never downloaded on KWOK nodes;
+        # tests/security runs the operator without this flag.
+        *([] if "--no-allow-unverified" in extra else ["--allow-unverified-models"]),
+        *(a for a in extra if a != "--no-allow-unverified"),
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
