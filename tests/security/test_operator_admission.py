@@ -14,20 +14,26 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
 from operator_support import Tenant, kube_api, kubeconfig, operator_release, tenant
 
 pytestmark = pytest.mark.e2e
 __all__ = ["kube_api", "kubeconfig", "operator_release", "tenant"]
 
 GROUP, VERSION, PLURAL = "slm.dev", "v1alpha1", "slmdeployments"
-TINY = {"name": "tiny", "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf?quantization=q8_0"}]}
+TINY = {
+    "name": "tiny",
+    "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf?quantization=q8_0"}],
+}
 
 ATTACKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "name-qwen2.5": ("qwen2.5", {}, "metadata.name must be a DNS-1035 label"),
     "name-7b-model": ("7b-model", {}, "metadata.name must be a DNS-1035 label"),
     "pod-label-value-a-b": ("labels-space", {"podLabels": {"team": "a b"}}, "podLabels values must be valid"),
-    "pod-label-key-space": ("labels-key", {"podLabels": {"my team": "a"}}, "podLabels keys must be qualified"),
+    "pod-label-key-space": (
+        "labels-key",
+        {"podLabels": {"my team": "a"}},
+        "podLabels keys must be qualified",
+    ),
     "pod-label-selector-hijack": (
         "labels-hijack",
         {"podLabels": {"app.kubernetes.io/instance": "other-model"}},

@@ -18,15 +18,15 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from cel_support import failures  # noqa: E402  (tests/operator helpers)
-from op_support import bed_nodes  # noqa: E402
+from cel_support import failures
+from op_support import bed_nodes
 
-from slm_operator import redact  # noqa: E402
-from slm_operator.api import SLMDeploymentSpec  # noqa: E402
-from slm_operator.api.crd import root_schema  # noqa: E402
-from slm_operator.errors import ApplyError, KubeError, NameConflictError, PolicyError, SpecError  # noqa: E402
-from slm_operator.policy import Policy, check, violations  # noqa: E402
-from slm_operator.reconcile.plan import (  # noqa: E402
+from slm_operator import redact
+from slm_operator.api import SLMDeploymentSpec
+from slm_operator.api.crd import root_schema
+from slm_operator.errors import ApplyError, KubeError, NameConflictError, PolicyError, SpecError
+from slm_operator.policy import Policy, check, violations
+from slm_operator.reconcile.plan import (
     Observed,
     drifted,
     key_of,
@@ -36,13 +36,16 @@ from slm_operator.reconcile.plan import (  # noqa: E402
     plan,
     unverified_keys,
 )
-from slm_operator.reconcile.reconciler import check_names, execute  # noqa: E402
-from slm_operator.reconcile.runs import kopf_error  # noqa: E402
-from slm_operator.reconcile.status import fetch_failure, reconciled_status  # noqa: E402
+from slm_operator.reconcile.reconciler import check_names, execute
+from slm_operator.reconcile.runs import kopf_error
+from slm_operator.reconcile.status import fetch_failure, reconciled_status
 
 UID = "uid-1"
 SHA = "a" * 64
-TINY = {"name": "tiny", "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf?quantization=q8_0"}]}
+TINY = {
+    "name": "tiny",
+    "variants": [{"format": "gguf", "quantization": "Q8_0", "uri": "tiny://gguf?quantization=q8_0"}],
+}
 IMAGE = "ghcr.io/slm-operator/slm-runtime:0.1.0"
 
 
@@ -117,7 +120,11 @@ POLICY_CASES = {
         "spec.hardware.tolerations[0]",
     ),
     "toleration-control-plane": (
-        {"hardware": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}},
+        {
+            "hardware": {
+                "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]
+            }
+        },
         Policy(),
         "spec.hardware.tolerations[0]",
     ),
@@ -164,10 +171,14 @@ def test_policy_allows_what_the_flags_allow() -> None:
         model={"name": "m", "variants": [{"quantization": "Q4_K_M", "uri": "hf://o/r/m.gguf"}]},
     )
     permissive = Policy(
-        allowed_image_prefixes=("ghcr.io/slm-operator/",), allow_control_plane=True, allow_unverified_models=True
+        allowed_image_prefixes=("ghcr.io/slm-operator/",),
+        allow_control_plane=True,
+        allow_unverified_models=True,
     )
     assert violations(spec, permissive, default_image=IMAGE) == []
-    pinned = _spec(model={"name": "m", "variants": [{"quantization": "Q4_K_M", "uri": "hf://o/r/m", "sha256": SHA}]})
+    pinned = _spec(
+        model={"name": "m", "variants": [{"quantization": "Q4_K_M", "uri": "hf://o/r/m", "sha256": SHA}]}
+    )
     assert violations(pinned, Policy(), default_image=IMAGE) == []
     assert violations(_spec(), Policy(), default_image=IMAGE) == []  # tiny:// is generated in the pod
 
@@ -209,7 +220,13 @@ def _plan(body: dict[str, Any], observed: Observed | None = None) -> Any:
     ("attack", "kind", "api_version", "owner_name", "victim"),
     [
         ("service-redis", "Service", "v1", "redis", "redis"),
-        ("networkpolicy-default-deny", "NetworkPolicy", "networking.k8s.io/v1", "default-deny", "default-deny"),
+        (
+            "networkpolicy-default-deny",
+            "NetworkPolicy",
+            "networking.k8s.io/v1",
+            "default-deny",
+            "default-deny",
+        ),
         ("serviceaccount-default", "ServiceAccount", "v1", "default", "default"),
         ("configmap-runtime", "ConfigMap", "v1", "m", "m-runtime"),
     ],
@@ -236,7 +253,9 @@ def test_known_children_cost_no_get_and_a_stranger_with_our_labels_is_refused() 
     # A listed object with our labels but another controller (or none) is not ours.
     service = next(o for o in first.desired if o["kind"] == "Service")
     stranger = copy.deepcopy(observed_form(service))
-    stranger["metadata"]["ownerReferences"] = [{"kind": "SLMDeployment", "name": "m", "uid": "other", "controller": True}]
+    stranger["metadata"]["ownerReferences"] = [
+        {"kind": "SLMDeployment", "name": "m", "uid": "other", "controller": True}
+    ]
     stranger["spec"]["selector"] = {"app": "x"}
     observed = Observed(nodes=bed_nodes(), children={**owned, key_of(service): stranger})
     conflicts = name_conflicts(_plan(body, observed), observed, {})
