@@ -53,9 +53,14 @@ class PolicyError(SpecError):
 class NameConflictError(SlmOperatorError):
     """A child's name is taken by an object this SLMDeployment does not control; it is left alone.
 
-    Retried slowly: the conflict ends when the other object is deleted (or the SLMDeployment renamed)."""
+    Retried slowly: the conflict ends when the other object is deleted (or the SLMDeployment renamed);
+    soon when it is `passing` (already being deleted, e.g. by the garbage collector)."""
 
     reason = "NameConflict"
+
+    def __init__(self, message: str, *, passing: bool = False) -> None:
+        super().__init__(message)
+        self.passing = passing
 
 
 class ApplyError(SlmOperatorError):

@@ -28,9 +28,9 @@ from slm_operator.errors import ApplyError, KubeError, NameConflictError, Policy
 from slm_operator.policy import Policy, check, violations
 from slm_operator.reconcile.plan import (
     Observed,
+    conflicts_of,
     drifted,
     key_of,
-    name_conflicts,
     observed_form,
     parse_spec,
     plan,
@@ -254,12 +254,21 @@ def test_known_children_cost_no_get_and_a_stranger_with_our_labels_is_refused() 
     service = next(o for o in first.desired if o["kind"] == "Service")
     stranger = copy.deepcopy(observed_form(service))
     stranger["metadata"]["ownerReferences"] = [
-        {"kind": "SLMDeployment", "name": "m", "uid": "other", "controller": True}
+        {"kind": "SLMDeployment", "name": "other", "uid": "other", "controller": True}
     ]
     stranger["spec"]["selector"] = {"app": "x"}
     observed = Observed(nodes=bed_nodes(), children={**owned, key_of(service): stranger})
-    conflicts = name_conflicts(_plan(body, observed), observed, {})
-    assert conflicts == ["Service ns/m already exists (controlled by SLMDeployment m)"]
+    conflicts = conflicts_of(_plan(body, observed), observed, {})
+    assert [c.message for c in conflicts] == [
+        "Service ns/m already exists (controlled by SLMDeployment other)"
+    ]
+    assert not conflicts[0].passing  # someone else's: retried slowly
+    # A child of an earlier SLMDeployment of the same name (deleted, created again) passes by itself.
+    stranger["metadata"]["ownerReferences"][0].update(name="m", uid="earlier")
+    (earlier,) = conflicts_of(_plan(body, observed), observed, {})
+    assert earlier.passing and "garbage collector" in earlier.message
+    err = NameConflictError(earlier.message, passing=True)
+    assert kopf_error(err).delay < kopf_error(NameConflictError("x")).delay  # type: ignore[attr-defined]
 
 
 # --- item 10: an apply the server rejects reaches the status --------------------------------------

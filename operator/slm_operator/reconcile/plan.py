@@ -449,6 +449,23 @@ def name_conflicts(
     the SLMDeployment then deletes. Known children carry the owner's controller reference (the
     remembered form keeps it); a listed one without it is someone else's object that happens to
     carry our labels."""
+    return [c.message for c in conflicts_of(the_plan, observed, live)]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One child name taken by an object the owner does not control."""
+
+    message: str
+    passing: bool
+    """The object is on its way out: being deleted, or a child of an earlier SLMDeployment of the
+    same name (deleted and created again) that the garbage collector is removing."""
+
+
+def conflicts_of(
+    the_plan: Plan, observed: Observed, live: Mapping[Key, Mapping[str, Any] | None]
+) -> list[Conflict]:
+    """`name_conflicts` with, for each, whether it will pass by itself (a short retry then)."""
     found = []
     for step in the_plan.apply:
         existing = observed.children.get(step.key)
@@ -457,10 +474,16 @@ def name_conflicts(
         if existing is None or is_controlled_by(existing, the_plan.owner):
             continue
         _, kind, namespace, name = step.key
-        refs = (existing.get("metadata") or {}).get("ownerReferences") or ()
-        controller = next((r for r in refs if r.get("controller")), None)
+        meta = existing.get("metadata") or {}
+        controller = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
         by = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "not owned"
-        found.append(f"{kind} {namespace}/{name} already exists ({by})")
+        earlier = bool(
+            controller and controller.get("kind") == KIND and controller.get("name") == the_plan.owner.name
+        )
+        if earlier:
+            by += ", an earlier SLMDeployment of this name: the garbage collector is deleting it"
+        passing = earlier or bool(meta.get("deletionTimestamp"))
+        found.append(Conflict(f"{kind} {namespace}/{name} already exists ({by})", passing))
     return found
 
 

@@ -33,7 +33,7 @@ from slm_operator.reconcile.plan import (
     Owner,
     Plan,
     Step,
-    name_conflicts,
+    conflicts_of,
     parse_spec,
     placement_events,
     plan,
@@ -118,12 +118,13 @@ def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
     One GET per child the caches do not know (a new SLMDeployment's first reconcile, a child deleted
     since); none when the plan applies nothing new."""
     live: dict[Key, Obj | None] = {key: cluster.read(*key) for key in unverified_keys(the_plan, observed)}
-    conflicts = name_conflicts(the_plan, observed, live)
+    conflicts = conflicts_of(the_plan, observed, live)
     if conflicts:
         raise NameConflictError(
-            "; ".join(conflicts)
+            "; ".join(c.message for c in conflicts)
             + ": this SLMDeployment does not own it and leaves it alone (nothing was applied); "
-            "rename the SLMDeployment or remove that object"
+            "rename the SLMDeployment or remove that object",
+            passing=all(c.passing for c in conflicts),
         )
 
 

@@ -34,7 +34,7 @@ from slm_operator.reconcile.reconciler import reconcile, report_failure
 from slm_operator.reconcile.status import now_rfc3339
 
 log = logging.getLogger("slm_operator")
-RETRY_DELAYS = {"NoCapacity": 60.0, "SecretNotFound": 30.0, "NameConflict": 60.0}
+RETRY_DELAYS = {"NoCapacity": 60.0, "SecretNotFound": 30.0, "NameConflict": 60.0, "NameConflictPassing": 2.0}
 API_RETRY_FIRST, API_RETRY_MAX = 1.0, 10.0
 REJECTED_RETRY_FIRST, REJECTED_RETRY_MAX = 10.0, 300.0
 
@@ -48,7 +48,9 @@ def kopf_error(err: SlmOperatorError, retry: int = 0) -> Exception:
         delay = min(REJECTED_RETRY_MAX, REJECTED_RETRY_FIRST * 2 ** max(0, retry))
         return kopf.TemporaryError(message, delay=delay)
     if isinstance(err, NameConflictError):
-        return kopf.TemporaryError(message, delay=RETRY_DELAYS["NameConflict"])
+        return kopf.TemporaryError(
+            message, delay=RETRY_DELAYS["NameConflictPassing" if err.passing else "NameConflict"]
+        )
     if isinstance(err, PlacementError) and err.retryable:
         return kopf.TemporaryError(message, delay=RETRY_DELAYS["NoCapacity"])
     if isinstance(err, SpecError):
