@@ -10,6 +10,7 @@ only when it changes: a plan with nothing to do makes no API call.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,6 +99,8 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
+LOOKUP_THREADS = 8
+"""GETs of `check_names` in flight at once (one per child kind)."""
 REJECTED = frozenset({400, 403, 413, 422})
 """API answers to an apply that a retry with the same spec gets again (invalid, forbidden by
 admission or RBAC, over quota, too large): reported as ApplyFailed instead of retried quietly."""
@@ -116,8 +119,15 @@ def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
     """Raise `NameConflictError` if the plan would take over an object this owner does not control.
 
     One GET per child the caches do not know (a new SLMDeployment's first reconcile, a child deleted
-    since); none when the plan applies nothing new."""
-    live: dict[Key, Obj | None] = {key: cluster.read(*key) for key in unverified_keys(the_plan, observed)}
+    since), all at once so that the check costs one round trip; none when the plan applies nothing
+    new."""
+    keys = unverified_keys(the_plan, observed)
+    if len(keys) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(keys), LOOKUP_THREADS)) as pool:
+            found = list(pool.map(lambda key: cluster.read(*key), keys))
+    else:
+        found = [cluster.read(*key) for key in keys]
+    live: dict[Key, Obj | None] = dict(zip(keys, found, strict=True))
     conflicts = conflicts_of(the_plan, observed, live)
     if conflicts:
         raise NameConflictError(
