@@ -5,7 +5,9 @@
     slm-operator render -f examples/gpu.yaml [--nodes nodes.yaml] [--namespace NS] [--image IMG]
     slm-operator run [--namespace NS]... | --all-namespaces [--peering NAME | --standalone]
                      [--metrics-port 9090] [--liveness http://0.0.0.0:8081/healthz] [--resync-seconds 60]
-                     [--workers 16] [--peering-lifetime 60]
+                     [--workers 16] [--peering-lifetime 60] [--[no-]check-auth-secrets]
+                     [--allowed-image-prefix P]... [--allow-control-plane]
+                     [--denied-annotation-domain D]... [--allow-unverified-models]
 
 `render` needs no cluster: without `--nodes` placement picks the first preferred hardware class
 (see slm_operator.placement). `--nodes` takes a YAML file of Node (and optionally Pod) objects,
@@ -23,10 +25,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from slm_operator.api import KIND, SLMDeployment
+from slm_operator.api import KIND, SLMDeployment, name_problem
 from slm_operator.api.crd import crd_yaml
 from slm_operator.errors import SpecError
 from slm_operator.placement import place
+from slm_operator.policy import DEFAULT_DENIED_ANNOTATION_DOMAINS, Policy
 from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
 from slm_operator.settings import (
@@ -66,6 +69,9 @@ def render_documents(
         if raw.get("kind") != KIND:
             continue
         resource = SLMDeployment.model_validate(raw)
+        problem = name_problem(resource.name) if resource.name else None
+        if problem is not None:
+            raise SpecError(problem)
         ns = namespace or resource.metadata.get("namespace")
         placement = place(resource.spec, nodes, pods)
         ctx = RenderContext(
@@ -109,6 +115,23 @@ def _run(args: argparse.Namespace) -> int:
         gateway_url=gateway_url_from_env(),
         workers=args.workers,
         peering_lifetime=args.peering_lifetime,
+        policy=Policy(
+            allowed_image_prefixes=tuple(args.allowed_image_prefix or ()),
+            allow_control_plane=args.allow_control_plane,
+            denied_annotation_domains=tuple(
+                d
+                for d in (
+                    args.denied_annotation_domain
+                    if args.denied_annotation_domain is not None
+                    else DEFAULT_DENIED_ANNOTATION_DOMAINS
+                )
+                if d
+            ),
+            allow_unverified_models=args.allow_unverified_models,
+        ),
+        check_auth_secrets=(
+            args.check_auth_secrets if args.check_auth_secrets is not None else bool(args.namespace)
+        ),
     )
     run_operator(settings)
     return 0
@@ -150,6 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=60,
         help="seconds a replica's peering keep-alive lasts: how long a standby waits for a dead leader",
+    )
+    policy = run.add_argument_group("policy", "what SLMDeployments may ask for (slm_operator.policy)")
+    policy.add_argument(
+        "--allowed-image-prefix",
+        action="append",
+        help="runtime images must start with this (repeatable; default: any image)",
+    )
+    policy.add_argument(
+        "--allow-control-plane",
+        action="store_true",
+        help="allow tolerations of every taint or of control-plane taints, and control-plane node selectors",
+    )
+    policy.add_argument(
+        "--denied-annotation-domain",
+        action="append",
+        help="pod annotation keys in this domain (and its subdomains) are refused (repeatable; "
+        "default: kubernetes.io and k8s.io; pass '' to deny none)",
+    )
+    policy.add_argument(
+        "--allow-unverified-models",
+        action="store_true",
+        help="serve model variants without a sha256 (default: every downloaded variant needs one)",
+    )
+    run.add_argument(
+        "--check-auth-secrets",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GET the API-key Secret a spec names before applying (needs get on secrets; "
+        "default: on with --namespace, off cluster-wide)",
     )
     return parser
 

@@ -42,3 +42,34 @@ class KubeError(SlmOperatorError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PolicyError(SpecError):
+    """The spec asks for something this operator's policy (its flags) does not allow; nothing is applied."""
+
+    reason = "PolicyViolation"
+
+
+class NameConflictError(SlmOperatorError):
+    """A child's name is taken by an object this SLMDeployment does not control; it is left alone.
+
+    Retried slowly: the conflict ends when the other object is deleted (or the SLMDeployment renamed);
+    soon when it is `passing` (already being deleted, e.g. by the garbage collector)."""
+
+    reason = "NameConflict"
+
+    def __init__(self, message: str, *, passing: bool = False) -> None:
+        super().__init__(message)
+        self.passing = passing
+
+
+class ApplyError(SlmOperatorError):
+    """The API server rejected a child (400/403/422: invalid, forbidden by admission, over quota).
+
+    Its message is the server's; a retry with the same spec fails the same way, so it backs off."""
+
+    reason = "ApplyFailed"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

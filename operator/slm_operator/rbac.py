@@ -1,5 +1,10 @@
 """The least-privilege RBAC rules `slm-operator run` needs (`slm-operator rbac` prints a ClusterRole).
 
+No Secret access cluster-wide: RBAC cannot grant a Secret's metadata without its data, so the
+cluster-wide operator does not check the API-key Secret a spec names (`--no-check-auth-secrets`, the
+default with `--all-namespaces`); a missing one shows on the pods (FailedMount). In namespaced mode
+the per-namespace Roles add `get secrets`, and the operator checks it before applying.
+
 | Who needs it | apiGroups / resources | verbs |
 |---|---|---|
 | reconcile (SLMDeployments) | slm.dev: slmdeployments | get list watch patch |
@@ -7,7 +12,7 @@
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
 | children: apply, prune, watch | the 8 `plan.CHILDREN` | get list watch create patch delete |
 | the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
-| auth Secret check | "": secrets | get |
+| auth Secret check, namespaced mode only (`namespaced_rules`) | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
 | kopf itself | apiextensions.k8s.io: customresourcedefinitions; "": namespaces | list watch |
 | kopf peering (`--peering`) | kopf.dev: clusterkopfpeerings, kopfpeerings | get list watch patch |
@@ -33,8 +38,13 @@ def _child_rules() -> list[dict[str, Any]]:
     ]
 
 
-def rules(*, peering: bool = True) -> list[dict[str, Any]]:
-    """PolicyRules for a ClusterRole (bind it cluster-wide, or per watched namespace plus nodes/pods)."""
+SECRET_RULE: dict[str, Any] = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+"""Only in the namespaced Roles: the API-key Secret check (`Settings.check_auth_secrets`)."""
+
+
+def rules(*, peering: bool = True, secrets: bool = False) -> list[dict[str, Any]]:
+    """PolicyRules for a ClusterRole (bind it cluster-wide, or per watched namespace plus nodes/pods);
+    `secrets`: with the Secret check's `get secrets` (what a namespaced Role grants)."""
     result: list[dict[str, Any]] = [
         {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
@@ -42,7 +52,7 @@ def rules(*, peering: bool = True) -> list[dict[str, Any]]:
         *_child_rules(),
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        *([SECRET_RULE] if secrets else []),
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {
             "apiGroups": ["apiextensions.k8s.io"],

@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from slm_operator.policy import Policy
 from slm_operator.render import DEFAULT_IMAGE
 
 IMAGE_ENV = "SLM_RUNTIME_IMAGE"
@@ -35,6 +36,15 @@ class Settings:
     """kopf's handler threads (reconciles in parallel; each mostly waits on the API server)."""
     peering_lifetime: int = 60
     """Seconds a peer's keep-alive counts: the longest a standby waits after its leader died."""
+    policy: Policy | None = None
+    """What SLMDeployments may ask for (images, control-plane scheduling, annotations, checksums).
+    `slm-operator run` always sets one from its flags (checksums required unless
+    `--allow-unverified-models`); None, for embedding the reconciler as a library, checks nothing."""
+    check_auth_secrets: bool = True
+    """Whether reconciles GET the API-key Secret a spec names (needs `get secrets`, which grants
+    reading their data). `slm-operator run` turns it on in namespaced mode, whose Roles grant that per
+    namespace, and off cluster-wide, where the ClusterRole grants no Secret access at all and a
+    missing Secret shows on the pods instead (their FailedMount Events)."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 

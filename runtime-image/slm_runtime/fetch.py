@@ -17,6 +17,8 @@ kept), and renamed into place once all are there. The optional `sha256` of a fol
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +27,7 @@ import shutil
 import tarfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +170,38 @@ def _download(
 ) -> str:
     part = dest.with_name(dest.name + ".part")
     safe_url = urllib.parse.urlsplit(url)._replace(query="").geturl()  # no signed query strings in logs
+    with _exclusive(dest.with_name(f".{dest.name}.lock")):
+        if expected is not None and dest.is_file() and sha256_of(dest) == expected:
+            log.info("%s was downloaded by another pod meanwhile", dest)
+            return expected
+        return _download_locked(client, url, safe_url, part, dest, expected=expected, headers=headers)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Pods sharing one cache volume (a ReadWriteMany PVC) take turns on a download: without the
+    lock two would append to the same `.part` at once and corrupt it. The lock file is removed by
+    its holder (a waiter then finds the finished file); should a third pod arrive just after a
+    failed attempt it may overlap the next one, which the checksum then catches."""
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_locked(
+    client: httpx.Client,
+    url: str,
+    safe_url: str,
+    part: Path,
+    dest: Path,
+    *,
+    expected: str | None,
+    headers: dict[str, str],
+) -> str:
     last_error: Exception | None = None
     for attempt in range(1, _ATTEMPTS + 1):
         try:

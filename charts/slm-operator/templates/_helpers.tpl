@@ -130,10 +130,13 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# Only checks that the API key Secret named in the spec exists; never lists or reads others.
+{{- if .Values.watchNamespaces }}
+# Namespaced mode only: checks that the API key Secret named in a spec exists (get grants its data
+# too, so the cluster-wide operator has no Secret access at all and skips the check).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 # Events about the handlers' progress and errors.
 - apiGroups: [""]
   resources: ["events"]

@@ -30,6 +30,7 @@ from slm_operator.api.spec import (
     SamplingParameters,
     SecretKeyRef,
     SLMDeploymentSpec,
+    name_problem,
 )
 from slm_operator.api.status import (
     Condition,
@@ -77,4 +78,5 @@ __all__ = [
     "SecretKeyRef",
     "Toleration",
     "VariantStatus",
+    "name_problem",
 ]

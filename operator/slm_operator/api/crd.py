@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from slm_operator.api.common import CEL, cel
+from slm_operator.api.common import CEL, DNS1035_LABEL, cel
 from slm_operator.api.resource import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from slm_operator.api.spec import MAX_NAME_LENGTH, SLMDeploymentSpec
+from slm_operator.api.spec import MAX_NAME_LENGTH, NAME_MESSAGE, SLMDeploymentSpec
 from slm_operator.api.status import SLMDeploymentStatus
 
 Schema = dict[str, Any]
@@ -122,7 +122,8 @@ def root_schema() -> Schema:
             cel(
                 f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
                 f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that child object names fit",
-            )
+            ),
+            cel(f"self.metadata.name.matches('{DNS1035_LABEL}')", NAME_MESSAGE),
         ],
     }
 

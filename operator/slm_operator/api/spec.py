@@ -8,18 +8,27 @@ The tests evaluate the CEL rules with cel-python against the same cases as the v
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
 from slm_operator.api.common import (
+    DNS1035_LABEL,
+    RESERVED_ANNOTATION_DOMAINS,
+    RESERVED_ANNOTATION_KEY,
+    RESERVED_LABEL_DOMAINS,
+    RESERVED_LABEL_KEY,
+    AnnotationMap,
     ApiModel,
+    LabelMap,
     LabelSelector,
     Quantity,
     ResourceRequirements,
     StringMap,
     Toleration,
     cel,
+    map_cel,
     model_config,
 )
 from slm_runtime.config import ProviderName  # the runtime config's list: one definition for both
@@ -54,6 +63,20 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-
 DEFAULT_PREFERENCE: tuple[HardwareClass, ...] = ("gpu", "cpu")
 MAX_NAME_LENGTH = 52
 """Longest SLMDeployment name: children add at most "-runtime" and must stay within 63 characters."""
+NAME_MESSAGE = (
+    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter "
+    "and ending with a letter or digit, e.g. qwen2-5 rather than qwen2.5 or 7b-model), because it names "
+    "the model's Service, whose name is its DNS name"
+)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name an SLMDeployment (its children take the name), or None."""
+    if len(name) > MAX_NAME_LENGTH:
+        return f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that child object names fit"
+    if not re.match(DNS1035_LABEL, name):
+        return f"{NAME_MESSAGE}: {name!r}"
+    return None
 
 
 class ModelVariant(ApiModel):
@@ -226,6 +249,8 @@ class AcceleratorSpec(ApiModel):
 class HardwareSpec(ApiModel):
     """Where the model may run, in order of preference, and the scheduling constraints to honour."""
 
+    model_config = model_config(*map_cel("nodeSelector", "hardware.nodeSelector", values=True))
+
     preference: list[HardwareClass] = Field(
         default_factory=lambda: list(DEFAULT_PREFERENCE),
         min_length=1,
@@ -235,7 +260,7 @@ class HardwareSpec(ApiModel):
     )
     gpu: AcceleratorSpec | None = Field(None, description="GPU resource to request when placed on a GPU.")
     npu: AcceleratorSpec | None = Field(None, description="NPU resource to request when placed on an NPU.")
-    node_selector: StringMap | None = Field(None, description="Node labels every model pod requires.")
+    node_selector: LabelMap | None = Field(None, description="Node labels every model pod requires.")
     tolerations: list[Toleration] | None = Field(
         None, description="Extra tolerations; the accelerator's own taint is tolerated automatically."
     )
@@ -444,6 +469,18 @@ class CacheSpec(ApiModel):
 class SLMDeploymentSpec(ApiModel):
     """Desired state of an SLMDeployment: one model served by a fleet of runtime pods."""
 
+    model_config = model_config(
+        *map_cel(
+            "podLabels", "podLabels", values=True, reserved=(RESERVED_LABEL_KEY, RESERVED_LABEL_DOMAINS)
+        ),
+        *map_cel(
+            "podAnnotations",
+            "podAnnotations",
+            values=False,
+            reserved=(RESERVED_ANNOTATION_KEY, RESERVED_ANNOTATION_DOMAINS),
+        ),
+    )
+
     model: ModelSpec = Field(description="The model to serve and the files it is offered as.")
     hardware: HardwareSpec = Field(
         default_factory=lambda: HardwareSpec.model_validate({}),
@@ -478,8 +515,25 @@ class SLMDeploymentSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Pull policy of the runtime image."
     )
-    pod_labels: StringMap | None = Field(None, description="Extra labels on the model pods.")
-    pod_annotations: StringMap | None = Field(None, description="Extra annotations on the model pods.")
+    pod_labels: LabelMap | None = Field(
+        None,
+        description="Extra labels on the model pods (label syntax; not in the kubernetes.io, k8s.io or "
+        "slm.dev domains).",
+    )
+    pod_annotations: AnnotationMap | None = Field(
+        None, description="Extra annotations on the model pods (not in the slm.dev domain)."
+    )
+
+    @model_validator(mode="after")
+    def _reserved_keys(self) -> Self:
+        for what, keys, pattern, domains in (
+            ("podLabels", self.pod_labels, RESERVED_LABEL_KEY, RESERVED_LABEL_DOMAINS),
+            ("podAnnotations", self.pod_annotations, RESERVED_ANNOTATION_KEY, RESERVED_ANNOTATION_DOMAINS),
+        ):
+            taken = sorted(k for k in keys or () if re.match(pattern, k))
+            if taken:
+                raise ValueError(f"{what} may not use keys in {domains}: {', '.join(taken)}")
+        return self
 
     @property
     def autoscaled(self) -> bool:

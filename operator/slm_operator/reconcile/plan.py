@@ -22,9 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slm_operator.api import API_VERSION, KIND, MAX_NAME_LENGTH, SLMDeploymentSpec
+from slm_operator import redact
+from slm_operator.api import API_VERSION, KIND, SLMDeploymentSpec, name_problem
 from slm_operator.errors import SpecError
 from slm_operator.placement import Placement, place
+from slm_operator.quantity import parse_quantity
 from slm_operator.reconcile.status import (
     Status,
     fetch_failure_events,
@@ -180,7 +182,23 @@ def drifted(desired: Any, live: Any) -> bool:
         if not isinstance(live, list) or len(desired) != len(live):
             return True
         return any(drifted(d, x) for d, x in zip(desired, live, strict=True))
-    return bool(desired != live and str(desired) != str(live))
+    return bool(desired != live and str(desired) != str(live) and not same_quantity(desired, live))
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    """Whether two scalars are one Kubernetes quantity in two spellings: the API server stores
+    `cache.size: 1024Mi` as `1Gi` and `cpu: 1000m` as `1`, which is not an edit."""
+    if (
+        isinstance(a, bool)
+        or isinstance(b, bool)
+        or not isinstance(a, str | int)
+        or not isinstance(b, str | int)
+    ):
+        return False
+    try:
+        return parse_quantity(a) == parse_quantity(b)
+    except ValueError:
+        return False
 
 
 def child_owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -226,8 +244,9 @@ Event = tuple[str, str, str]
 def parse_spec(body: Mapping[str, Any]) -> SLMDeploymentSpec:
     """The spec as the API server stored it (defaults applied); a violation is permanent."""
     owner = Owner.from_body(body)
-    if len(owner.name) > MAX_NAME_LENGTH:
-        raise SpecError(f"metadata.name must be at most {MAX_NAME_LENGTH} characters")
+    problem = name_problem(owner.name)
+    if problem is not None:
+        raise SpecError(problem)
     try:
         return SLMDeploymentSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
@@ -311,7 +330,7 @@ def placement_events(old_status: Mapping[str, Any], placement: Placement) -> lis
     changed = (
         old_status.get("hardware") != placement.hardware
         or old_variant.get("quantization") != placement.variant.quantization
-        or old_variant.get("uri") != placement.variant.uri
+        or old_variant.get("uri") != redact.uri(placement.variant.uri)
     )
     if not changed:
         return []
@@ -359,7 +378,7 @@ def plan(
         default_image=image,
         gateway_namespace=gateway_namespace,
     )
-    desired = owned(render(ctx), owner)
+    desired = [keep_immutable(o, observed.children.get(key_of(o))) for o in owned(render(ctx), owner)]
     apply = []
     for obj in desired:
         reason = apply_reason(obj, observed.children.get(key_of(obj)))
@@ -391,6 +410,81 @@ def plan(
         timestamp=timestamp,
         fleet_endpoint=gateway_url,
     )
+
+
+def keep_immutable(obj: Obj, existing: Mapping[str, Any] | None) -> Obj:
+    """`obj` with the fields the API server never lets change taken from the existing child.
+
+    A PVC's access modes are chosen when it is created (ReadWriteMany when more than one pod may
+    run, else ReadWriteOnce) and kept: re-rendering them after a replica change would make every
+    apply fail (they are immutable), and the new replica count would never reach the Deployment."""
+    if obj.get("kind") != "PersistentVolumeClaim" or existing is None:
+        return obj
+    modes = (existing.get("spec") or {}).get("accessModes")
+    if not modes or modes == obj["spec"].get("accessModes"):
+        return obj
+    return {**obj, "spec": {**obj["spec"], "accessModes": list(modes)}}
+
+
+# --- no takeover ----------------------------------------------------------------------------------
+
+
+def unverified_keys(the_plan: Plan, observed: Observed) -> list[Key]:
+    """Children the plan would apply whose existence the caches cannot vouch for (never applied or
+    listed by this process): before the first apply, a GET each tells whether the name is free.
+
+    Empty for every reconcile after the first (the caches know each child), so a no-op stays at
+    zero API calls."""
+    return [step.key for step in the_plan.apply if step.key not in observed.children]
+
+
+def name_conflicts(
+    the_plan: Plan, observed: Observed, live: Mapping[Key, Mapping[str, Any] | None]
+) -> list[str]:
+    """Each child the plan would apply onto an object this SLMDeployment does not control.
+
+    `live` holds the GETs of `unverified_keys` (None: no such object). A server-side apply with
+    forced conflicts would otherwise rewrite that object (a Service `redis`'s selector, a namespace's
+    `default-deny` NetworkPolicy, the `default` ServiceAccount) and make it a child, which deleting
+    the SLMDeployment then deletes. Known children carry the owner's controller reference (the
+    remembered form keeps it); a listed one without it is someone else's object that happens to
+    carry our labels."""
+    return [c.message for c in conflicts_of(the_plan, observed, live)]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One child name taken by an object the owner does not control."""
+
+    message: str
+    passing: bool
+    """The object is on its way out: being deleted, or a child of an earlier SLMDeployment of the
+    same name (deleted and created again) that the garbage collector is removing."""
+
+
+def conflicts_of(
+    the_plan: Plan, observed: Observed, live: Mapping[Key, Mapping[str, Any] | None]
+) -> list[Conflict]:
+    """`name_conflicts` with, for each, whether it will pass by itself (a short retry then)."""
+    found = []
+    for step in the_plan.apply:
+        existing = observed.children.get(step.key)
+        if existing is None:
+            existing = live.get(step.key)
+        if existing is None or is_controlled_by(existing, the_plan.owner):
+            continue
+        _, kind, namespace, name = step.key
+        meta = existing.get("metadata") or {}
+        controller = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+        by = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "not owned"
+        earlier = bool(
+            controller and controller.get("kind") == KIND and controller.get("name") == the_plan.owner.name
+        )
+        if earlier:
+            by += ", an earlier SLMDeployment of this name: the garbage collector is deleting it"
+        passing = earlier or bool(meta.get("deletionTimestamp"))
+        found.append(Conflict(f"{kind} {namespace}/{name} already exists ({by})", passing))
+    return found
 
 
 def _meta(obj: Mapping[str, Any]) -> Obj:

@@ -10,22 +10,35 @@ only when it changes: a plan with nothing to do makes no API call.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from slm_operator import redact
 from slm_operator.api import SLMDeploymentSpec
-from slm_operator.errors import SecretNotFoundError, SlmOperatorError
+from slm_operator.errors import (
+    ApplyError,
+    KubeError,
+    NameConflictError,
+    SecretNotFoundError,
+    SlmOperatorError,
+)
 from slm_operator.placement import Placement
+from slm_operator.policy import Policy
+from slm_operator.policy import check as check_policy
 from slm_operator.reconcile.plan import (
     Event,
+    Key,
     Obj,
     Observed,
     Owner,
     Plan,
     Step,
+    conflicts_of,
     parse_spec,
     placement_events,
     plan,
+    unverified_keys,
 )
 from slm_operator.reconcile.status import condition_message, failed_status, now_rfc3339
 from slm_operator.render import DEFAULT_IMAGE, RenderContext, render_all
@@ -35,6 +48,7 @@ __all__ = [
     "Event",
     "Outcome",
     "Step",
+    "check_names",
     "check_secret",
     "execute",
     "parse_spec",
@@ -48,6 +62,7 @@ class Cluster(Protocol):
     """The API calls a reconcile needs (reads of nodes and pods come from the caches, not here)."""
 
     def read_secret(self, namespace: str, name: str) -> Obj | None: ...
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
     def apply(self, obj: Obj) -> Obj: ...
     def list_labelled(
         self, api_version: str, kind: str, namespace: str | None, selector: str
@@ -84,9 +99,48 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
+LOOKUP_THREADS = 8
+"""GETs of `check_names` in flight at once (one per child kind)."""
+REJECTED = frozenset({400, 403, 413, 422})
+"""API answers to an apply that a retry with the same spec gets again (invalid, forbidden by
+admission or RBAC, over quota, too large): reported as ApplyFailed instead of retried quietly."""
+
+
+def _apply(cluster: Cluster, step: Step) -> Obj:
+    try:
+        return cluster.apply(step.obj)
+    except KubeError as err:
+        if err.status in REJECTED:
+            raise ApplyError(str(err), status=err.status) from err
+        raise
+
+
+def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
+    """Raise `NameConflictError` if the plan would take over an object this owner does not control.
+
+    One GET per child the caches do not know (a new SLMDeployment's first reconcile, a child deleted
+    since), all at once so that the check costs one round trip; none when the plan applies nothing
+    new."""
+    keys = unverified_keys(the_plan, observed)
+    if len(keys) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(keys), LOOKUP_THREADS)) as pool:
+            found = list(pool.map(lambda key: cluster.read(*key), keys))
+    else:
+        found = [cluster.read(*key) for key in keys]
+    live: dict[Key, Obj | None] = dict(zip(keys, found, strict=True))
+    conflicts = conflicts_of(the_plan, observed, live)
+    if conflicts:
+        raise NameConflictError(
+            "; ".join(c.message for c in conflicts)
+            + ": this SLMDeployment does not own it and leaves it alone (nothing was applied); "
+            "rename the SLMDeployment or remove that object",
+            passing=all(c.passing for c in conflicts),
+        )
+
+
 def execute(plan: Plan, cluster: Cluster) -> Outcome:
     """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile."""
-    applied = [cluster.apply(step.obj) for step in plan.apply]
+    applied = [_apply(cluster, step) for step in plan.apply]
     for step in plan.delete:
         cluster.delete(step.obj)
     deployment = next((a for a in applied if a.get("kind") == "Deployment"), None)
@@ -118,14 +172,20 @@ def reconcile(
     render: Callable[[RenderContext], list[Obj]] = render_all,
     gateway_namespace: str | None = None,
     gateway_url: str | None = None,
+    policy: Policy | None = None,
+    check_secrets: bool = True,
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status.
 
     `gateway_namespace`: where slm-gateway runs (the NetworkPolicy admits it); `gateway_url`: its
-    OpenAI URL, shown as status.endpoints.fleet."""
+    OpenAI URL, shown as status.endpoints.fleet; `policy`: what the spec may ask for (None: no
+    policy check); `check_secrets`: whether the API-key Secret is read first (see `Settings`)."""
     owner = Owner.from_body(body)
     spec = parse_spec(body)
-    check_secret(spec, owner.namespace, cluster)
+    if policy is not None:
+        check_policy(spec, policy, default_image=image)
+    if check_secrets:
+        check_secret(spec, owner.namespace, cluster)
     the_plan = plan(
         body,
         observed,
@@ -136,6 +196,7 @@ def reconcile(
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
     )
+    check_names(the_plan, observed, cluster)
     return execute(the_plan, cluster)
 
 
@@ -152,6 +213,7 @@ def report_failure(
     )
     if any(old_status.get(k) != v for k, v in status.items()):
         cluster.patch_status(owner.namespace, owner.name, status)
-    if condition_message(old_status, "Degraded") == str(error):
+    message = redact.text(str(error))
+    if condition_message(old_status, "Degraded") == message:
         return []
-    return [("Warning", error.reason, str(error))]
+    return [("Warning", error.reason, message)]

@@ -1,10 +1,15 @@
 """One reconcile as every trigger runs it: under the owner's lock, from the caches, with metrics,
 Events, and the operator's errors mapped to kopf's retry semantics once.
 
-Error mapping: invalid or unsatisfiable spec -> Degraded + Event + `kopf.PermanentError` (nothing
+Error mapping: invalid or unsatisfiable spec, or one the operator's policy forbids -> Degraded
+(`InvalidSpec`, `PlacementFailed`, `PolicyViolation`) + Event + `kopf.PermanentError` (nothing
 applied); no capacity right now -> Degraded `NoCapacity` + `TemporaryError(60s)`; missing API key
-Secret -> Degraded `SecretNotFound` + `TemporaryError(30s)`; API failures -> `TemporaryError`,
-soon (1 s, doubling to 10 s with kopf's retry count) so that an API server outage ends in seconds.
+Secret -> Degraded `SecretNotFound` + `TemporaryError(30s)`; a child's name taken by an object the
+SLMDeployment does not control -> Degraded `NameConflict` + Event + `TemporaryError(60s)`; an apply
+the API server rejects (400/403/413/422) -> Degraded `ApplyFailed` with the server's message + Event
++ `TemporaryError` in 2 s, then every 60 s while the same rejection repeats; other API failures ->
+`TemporaryError`, soon (1 s, doubling to 10 s with kopf's retry count) so that an API server outage
+ends in seconds.
 """
 
 from __future__ import annotations
@@ -14,28 +19,51 @@ from typing import cast
 
 import kopf
 
-from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SlmOperatorError, SpecError
+from slm_operator import redact
+from slm_operator.errors import (
+    ApplyError,
+    KubeError,
+    NameConflictError,
+    PlacementError,
+    SecretNotFoundError,
+    SlmOperatorError,
+    SpecError,
+)
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.plan import Event, Obj, Owner, count_by_kind, key_of
 from slm_operator.reconcile.reconciler import reconcile, report_failure
-from slm_operator.reconcile.status import now_rfc3339
+from slm_operator.reconcile.status import condition_message, now_rfc3339
 
 log = logging.getLogger("slm_operator")
-RETRY_DELAYS = {"NoCapacity": 60.0, "SecretNotFound": 30.0}
+RETRY_DELAYS = {"NoCapacity": 60.0, "SecretNotFound": 30.0, "NameConflict": 60.0, "NameConflictPassing": 2.0}
 API_RETRY_FIRST, API_RETRY_MAX = 1.0, 10.0
+REJECTED_RETRY_FIRST, REJECTED_RETRY_MAX = 2.0, 60.0
 
 
-def kopf_error(err: SlmOperatorError, retry: int = 0) -> Exception:
-    """Map one of our errors to kopf's retry semantics (`retry`: kopf's count of earlier tries)."""
+def kopf_error(err: SlmOperatorError, retry: int = 0, *, repeated: bool = False) -> Exception:
+    """Map one of our errors to kopf's retry semantics (`retry`: kopf's count of earlier tries;
+    `repeated`: the status already reported this very failure).
+
+    A rejected apply is retried soon the first time (a 403 right after an API server restart, before
+    its RBAC caches are warm, passes by itself) and slowly once the same rejection repeats; kopf's
+    retry count is no measure here, since it also counts the connection failures of an outage.
+    The message kopf logs is redacted: an error may quote a model URI with credentials."""
+    message = redact.text(str(err))
+    if isinstance(err, ApplyError):
+        return kopf.TemporaryError(message, delay=REJECTED_RETRY_MAX if repeated else REJECTED_RETRY_FIRST)
+    if isinstance(err, NameConflictError):
+        return kopf.TemporaryError(
+            message, delay=RETRY_DELAYS["NameConflictPassing" if err.passing else "NameConflict"]
+        )
     if isinstance(err, PlacementError) and err.retryable:
-        return kopf.TemporaryError(str(err), delay=RETRY_DELAYS["NoCapacity"])
+        return kopf.TemporaryError(message, delay=RETRY_DELAYS["NoCapacity"])
     if isinstance(err, SpecError):
-        return kopf.PermanentError(str(err))
+        return kopf.PermanentError(message)
     if isinstance(err, KubeError):
-        return kopf.TemporaryError(str(err), delay=min(API_RETRY_MAX, API_RETRY_FIRST * 2 ** max(0, retry)))
+        return kopf.TemporaryError(message, delay=min(API_RETRY_MAX, API_RETRY_FIRST * 2 ** max(0, retry)))
     if isinstance(err, SecretNotFoundError):
-        return kopf.TemporaryError(str(err), delay=RETRY_DELAYS["SecretNotFound"])
-    return kopf.TemporaryError(str(err), delay=API_RETRY_MAX)
+        return kopf.TemporaryError(message, delay=RETRY_DELAYS["SecretNotFound"])
+    return kopf.TemporaryError(message, delay=API_RETRY_MAX)
 
 
 def post(ctx: OperatorContext, body: Obj, events: list[Event]) -> None:
@@ -85,16 +113,25 @@ def run_reconcile(
                 render=ctx.render,
                 gateway_namespace=ctx.settings.gateway_namespace,
                 gateway_url=ctx.settings.gateway_url,
+                policy=ctx.settings.policy,
+                check_secrets=ctx.settings.check_auth_secrets,
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
-            log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)
+            log.warning(
+                "reconcile of %s/%s failed (%s): %s",
+                owner.namespace,
+                owner.name,
+                err.reason,
+                redact.text(str(err)),
+            )
+            repeated = condition_message(body.get("status"), "Degraded") == redact.text(str(err))
             if not isinstance(err, KubeError):
                 try:
                     post(ctx, body, report_failure(body, err, ctx.cluster))
                 except KubeError as status_err:
                     log.warning("could not report the failure: %s", status_err)
-            raise kopf_error(err, retry) from err
+            raise kopf_error(err, retry, repeated=repeated) from err
         ctx.applied.remember(outcome.desired, outcome.applied)
         for obj in outcome.pruned:
             ctx.applied.forget(key_of(obj))

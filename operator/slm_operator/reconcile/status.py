@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from slm_operator import redact
 from slm_operator.errors import SlmOperatorError
 from slm_operator.placement import Placement
 from slm_operator.render import endpoints, selector_labels
@@ -68,7 +69,7 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
             if not term or int(term.get("exitCode") or 0) == 0:
                 continue
             lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
-            detail = lines[-1][:512] if lines else str(term.get("reason") or "failed")
+            detail = redact.text(lines[-1])[:512] if lines else str(term.get("reason") or "failed")
             name = (pod.get("metadata") or {}).get("name")
             return f"model fetch failed in pod {name} (exit code {term.get('exitCode')}): {detail}"
     return None
@@ -206,7 +207,11 @@ def reconciled_status(
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions") or (), conds, timestamp),
         "hardware": placement.hardware,
-        "variant": {"format": variant.format, "quantization": variant.quantization, "uri": variant.uri},
+        "variant": {
+            "format": variant.format,
+            "quantization": variant.quantization,
+            "uri": redact.uri(variant.uri),
+        },
         "endpoints": {
             **endpoints(name, namespace, port),
             **({"fleet": fleet_endpoint} if fleet_endpoint else {}),
@@ -222,7 +227,7 @@ def failed_status(
     error: SlmOperatorError, *, generation: int, old: Mapping[str, Any] | None, timestamp: str
 ) -> Status:
     """Status when nothing could be applied: Degraded with the error's reason, Ready unchanged if known."""
-    message = str(error)
+    message = redact.text(str(error))
     conds = [
         condition("Degraded", True, error.reason, message, generation),
         condition("Progressing", False, error.reason, message, generation),

@@ -161,7 +161,11 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 def launch_operator(
-    kubeconfig: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+    kubeconfig: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    unverified_models: bool = True,
 ) -> OperatorProcess:
     """`slm-operator run` as a local subprocess (its own session), waiting for its liveness
     endpoint. The same arguments as the chart's Deployment (templates/deployment.yaml), local
@@ -187,6 +191,9 @@ def launch_operator(
         f"--metrics-port={metrics_port}",
         f"--liveness={health}",
         f"--resync-seconds={RESYNC_SECONDS}",
+        # The examples' hf:// variants carry no sha256 and are never downloaded on KWOK nodes;
+        # tests/security runs the operator with its production default instead.
+        *(["--allow-unverified-models"] if unverified_models else []),
         *extra,
     ]
     with log_path.open("ab") as log:

@@ -49,7 +49,6 @@ ALLOWED = [
     *_all(CHILD_VERBS, "autoscaling", "horizontalpodautoscalers"),
     *_all(CHILD_VERBS, "networking.k8s.io", "networkpolicies"),
     *_all("list watch", "", "pods", None),
-    Access("get", "", "secrets"),
     *_all("create patch", "", "events"),
     *_all("create patch", "events.k8s.io", "events"),
     *_all("get list watch", "", "nodes", None),
@@ -57,9 +56,10 @@ ALLOWED = [
     *_all("list watch", "", "namespaces", None),
 ]
 DENIED = [
-    # Secrets: only `get` of the one named in a spec; never enumerate or change them.
-    *_all("list watch create update patch delete", "", "secrets"),
-    *_all("list watch", "", "secrets", None),
+    # Secrets: none cluster-wide (`get` would read every Secret's data; issue 13). Namespaced mode's
+    # Roles grant `get` in the watched namespaces only (tests/e2e/namespaced).
+    *_all("get list watch create update patch delete", "", "secrets"),
+    *_all("get list watch", "", "secrets", None),
     # Children and status are written by server-side apply / patch, never replaced whole.
     *(Access("update", g, r) for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps")]),
     Access("update", "slm.dev", "slmdeployments", subresource="status"),
