@@ -69,8 +69,13 @@ def on_change(body: Any, memo: Any, retry: int = 0, reason: str = "", **_: Any) 
 
 
 def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
-    """A managed child changed or vanished."""
-    child_changed(context_of(memo), type, plain(body))
+    """A managed child changed or vanished; in a namespace being deleted, nothing is restored
+    (the API would refuse every re-create, after two reads each)."""
+    ctx = context_of(memo)
+    namespace = str((body.get("metadata") or {}).get("namespace") or "")
+    if ctx.namespace_terminating(namespace):
+        return
+    child_changed(ctx, type, plain(body))
 
 
 def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None:

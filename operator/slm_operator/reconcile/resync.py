@@ -6,6 +6,9 @@ children's version); an owner whose fingerprint did not change since its last su
 is skipped without even planning, and a plan with nothing to do makes no API call, so a steady
 fleet costs neither CPU nor requests. Owners whose last reconcile failed on an API error are
 retried every `RETRY_SECONDS`; specs with an API key Secret are re-checked every period (one GET).
+An owner without any status has never been reconciled: its create (or, after a restart, resume)
+handler is queued in kopf, and the resync leaves it to that handler, so that a burst of creates is
+not reconciled twice (measured: 1,356 resync reconciles during a burst of 1,000).
 
 On a standby replica (kopf peering) the loop does nothing, and it runs a full pass as soon as this
 replica takes over.
@@ -51,8 +54,10 @@ def resync_once(
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         present.add(key)
-        if meta.get("deletionTimestamp") or not ctx.active():
+        if meta.get("deletionTimestamp") or ctx.namespace_terminating(key[0]) or not ctx.active():
             continue
+        if not body.get("status") and key not in failed:
+            continue  # never reconciled yet: kopf's create (or resume) handler is on its way
         stamp = fingerprint(ctx, body)
         checks_secret = bool((body.get("spec") or {}).get("auth"))
         if key not in failed and (not full or (done.get(key) == stamp and not checks_secret)):

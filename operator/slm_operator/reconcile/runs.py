@@ -14,7 +14,14 @@ from typing import cast
 
 import kopf
 
-from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SlmOperatorError, SpecError
+from slm_operator.errors import (
+    KubeError,
+    NamespaceTerminatingError,
+    PlacementError,
+    SecretNotFoundError,
+    SlmOperatorError,
+    SpecError,
+)
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.plan import Event, Obj, Owner, count_by_kind, key_of
 from slm_operator.reconcile.reconciler import reconcile, report_failure
@@ -88,13 +95,22 @@ def run_reconcile(
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
+            if isinstance(err, NamespaceTerminatingError):
+                ctx.mark_terminating(owner.namespace)
+                log.info("%s/%s: its namespace is being deleted: %s", owner.namespace, owner.name, err)
+                raise kopf_error(err, retry) from err
             log.warning("reconcile of %s/%s failed (%s): %s", owner.namespace, owner.name, err.reason, err)
             if not isinstance(err, KubeError):
                 try:
                     post(ctx, body, report_failure(body, err, ctx.cluster))
                 except KubeError as status_err:
+                    # retried soon rather than given up: an owner without a status is left to
+                    # kopf's handler (the resync skips it), so the failure must get reported
                     log.warning("could not report the failure: %s", status_err)
+                    raise kopf_error(status_err, retry) from err
             raise kopf_error(err, retry) from err
+        if outcome.applied:
+            ctx.mark_terminating(owner.namespace, False)
         ctx.applied.remember(outcome.desired, outcome.applied)
         for obj in outcome.pruned:
             ctx.applied.forget(key_of(obj))
