@@ -5,7 +5,9 @@ call when nothing differs (a standby's makes none at all)."""
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -18,6 +20,7 @@ from slm_operator.errors import NamespaceTerminatingError
 from slm_operator.hardware import parse_nodes
 from slm_operator.placement import charge_pending, place
 from slm_operator.rbac import rules
+from slm_operator.reconcile import heap
 from slm_operator.reconcile.cache import Store, slim_node, slim_pod
 from slm_operator.reconcile.context import Leadership, OperatorContext, is_leader
 from slm_operator.reconcile.handlers import plain, run_reconcile
@@ -440,3 +443,23 @@ def test_a_terminating_namespace_is_not_fought() -> None:
     cluster.terminating = False
     run_reconcile(ctx, plain(body), "change")
     assert not ctx.namespace_terminating("ns") and "Service" in cluster.kinds()
+
+
+def test_kopf_success_lines_of_child_events_are_dropped_and_nothing_else() -> None:
+    from slm_operator.reconcile.handlers import CHILD_HANDLER, QuietChildEvents
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
+
+    quiet = QuietChildEvents()
+    assert not quiet.filter(record(logging.INFO, f"Handler {CHILD_HANDLER!r} succeeded."))
+    assert quiet.filter(record(logging.INFO, "Handler 'on_change' succeeded."))
+    assert quiet.filter(record(logging.ERROR, f"Handler {CHILD_HANDLER!r} failed with an exception."))
+
+
+def test_the_heap_controls_work_on_this_libc() -> None:
+    if not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/usr/lib64/libc.so.6").exists():
+        pytest.skip("not glibc")
+    assert heap.limit_arenas(2) is True
+    assert heap.limit_arenas(0) is False
+    assert isinstance(heap.trim(), bool)

@@ -25,6 +25,7 @@ from typing import Any
 import kopf
 
 from slm_operator.errors import KubeError
+from slm_operator.reconcile import heap
 from slm_operator.reconcile.context import OperatorContext, OwnerKey
 from slm_operator.reconcile.runs import run_reconcile
 
@@ -108,4 +109,5 @@ async def resync_forever(ctx: OperatorContext) -> None:
             last_full = time.monotonic()
         elif not failed:
             continue
-        await asyncio.to_thread(resync_once, ctx, done, failed, full=full)
+        if await asyncio.to_thread(resync_once, ctx, done, failed, full=full):
+            await asyncio.to_thread(heap.trim)  # after a burst, give its garbage back (reconcile.heap)
