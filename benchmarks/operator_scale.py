@@ -164,7 +164,7 @@ def operator(
     op = Operator(process.pid, f"http://127.0.0.1:{port}/metrics", process)
     log(f"started the operator (pid {process.pid}, log {workdir / 'operator.log'})")
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine, or an operator under a profiler, starts slowly
         while True:
             try:
                 op.metric_sum("slm_operator_reconciles_total")
