@@ -16,7 +16,7 @@ from op_support import bed_nodes, gguf, pod_on
 from test_op_reconcile import UID, FakeCluster, _body, _ctx
 
 from slm_operator.api import SLMDeploymentSpec
-from slm_operator.errors import NamespaceTerminatingError
+from slm_operator.errors import KubeError, NamespaceTerminatingError
 from slm_operator.hardware import parse_nodes
 from slm_operator.placement import charge_pending, place
 from slm_operator.rbac import rules
@@ -463,3 +463,31 @@ def test_the_heap_controls_work_on_this_libc() -> None:
     assert heap.limit_arenas(2) is True
     assert heap.limit_arenas(0) is False
     assert isinstance(heap.trim(), bool)
+
+
+class FlakyCluster(CountingCluster):
+    """The API is away for the first `outage` applies (an etcd restart)."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def apply(self, obj: Obj) -> Obj:
+        if self.outage > 0:
+            self.outage -= 1
+            raise KubeError("apply: connection refused")
+        return super().apply(obj)
+
+
+def test_an_owner_whose_first_reconcile_met_an_outage_is_retried_by_the_resync() -> None:
+    """kopf's handler failed on the API: the resync retries it at its short cadence (not only
+    kopf after its growing backoff), even though the owner has no status yet."""
+    cluster = FlakyCluster(outage=1)
+    ctx = _ctx(cluster)
+    body = _body(name="m0")
+    ctx.cache.owners.replace([body])
+    with pytest.raises(kopf.TemporaryError):
+        run_reconcile(ctx, plain(body), "change", created=True)
+    assert resync_once(ctx, {}, set(), full=False) == 1
+    assert "Deployment" in cluster.kinds() and not ctx.api_failures
+    assert resync_once(ctx, {}, set(), full=False) == 0

@@ -273,6 +273,10 @@ class OperatorContext:
     _children_counted: dict[OwnerKey, dict[str, int]] = field(default_factory=dict)
     _prime_lock: threading.Lock = field(default_factory=threading.Lock)
     _terminating: dict[str, float] = field(default_factory=dict)
+    api_failures: set[OwnerKey] = field(default_factory=set)
+    """Owners whose last reconcile, by any trigger, failed on an API error: the resync retries them
+    every few seconds, also those it otherwise leaves to kopf (never reconciled yet), so that an
+    API server or etcd outage ends in seconds rather than after kopf's growing backoff."""
 
     def active(self) -> bool:
         return self.leadership.active(self.cache)

@@ -95,6 +95,10 @@ def run_reconcile(
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
+            if isinstance(err, KubeError):
+                ctx.api_failures.add((owner.namespace, owner.name))
+            else:
+                ctx.api_failures.discard((owner.namespace, owner.name))
             if isinstance(err, NamespaceTerminatingError):
                 ctx.mark_terminating(owner.namespace)
                 log.info("%s/%s: its namespace is being deleted: %s", owner.namespace, owner.name, err)
@@ -109,6 +113,7 @@ def run_reconcile(
                     log.warning("could not report the failure: %s", status_err)
                     raise kopf_error(status_err, retry) from err
             raise kopf_error(err, retry) from err
+        ctx.api_failures.discard((owner.namespace, owner.name))
         if outcome.applied:
             ctx.mark_terminating(owner.namespace, False)
         ctx.applied.remember(outcome.desired, outcome.applied)
