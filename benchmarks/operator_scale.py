@@ -132,7 +132,13 @@ class Operator:
 
 
 @contextlib.contextmanager
-def operator(kubeconfig: Path, resync: float, workdir: Path) -> Iterator[Operator]:
+def operator(
+    kubeconfig: Path,
+    resync: float,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    wrapper: list[str] | None = None,
+) -> Iterator[Operator]:
     pidfile = CLUSTER_DIR / "operator.pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().strip())
@@ -144,6 +150,7 @@ def operator(kubeconfig: Path, resync: float, workdir: Path) -> Iterator[Operato
     workdir.mkdir(parents=True, exist_ok=True)
     out = (workdir / "operator.log").open("wb")
     argv = [
+        *(wrapper or []),
         str(VENV_BIN / "slm-operator"),
         "run",
         "--all-namespaces",
@@ -151,13 +158,13 @@ def operator(kubeconfig: Path, resync: float, workdir: Path) -> Iterator[Operato
         f"--metrics-port={port}",
         f"--resync-seconds={resync}",
     ]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     op = Operator(process.pid, f"http://127.0.0.1:{port}/metrics", process)
     log(f"started the operator (pid {process.pid}, log {workdir / 'operator.log'})")
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine, or an operator under a profiler, starts slowly
         while True:
             try:
                 op.metric_sum("slm_operator_reconciles_total")
@@ -177,6 +184,32 @@ def operator(kubeconfig: Path, resync: float, workdir: Path) -> Iterator[Operato
         except subprocess.TimeoutExpired:
             process.kill()
         out.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane_pids() -> dict[str, int]:
+    """The local control plane's processes (etcd, kube-apiserver, ...) from its state file."""
+    try:
+        state = json.loads((CLUSTER_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in (state.get("pids") or {}).items()}
+
+
+def cpu_by_component(op: Operator) -> dict[str, float]:
+    """CPU seconds used so far by the operator and each control-plane component: per CR, a measure
+    of cost that does not depend on how loaded the machine is (wall-clock times do)."""
+    used = {name: process_cpu_seconds(pid) for name, pid in control_plane_pids().items()}
+    used["operator"] = op.cpu_seconds()
+    return used
 
 
 # --- API server metrics ----------------------------------------------------------------------------
@@ -242,18 +275,35 @@ class Timeline:
 def _watch(
     stop: threading.Event, list_fn: Callable[..., Any], on: Callable[[dict[str, Any]], None], **kw: Any
 ) -> None:
+    """List once, then watch from the list's resourceVersion (re-listing only after a 410 or an
+    error): a re-list every few seconds would load the API server this benchmark measures."""
+    version: str | None = None
     while not stop.is_set():
-        w = watch.Watch()
         try:
-            for event in w.stream(list_fn, timeout_seconds=5, **kw):
-                on(event["raw_object"])
-                if stop.is_set():
-                    break
+            if version is None:
+                listed = list_fn(_preload_content=False, **kw)
+                page = json.loads(listed.data)
+                for item in page.get("items") or ():
+                    on(item)
+                version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+            w = watch.Watch()
+            try:
+                for event in w.stream(list_fn, resource_version=version, timeout_seconds=5, **kw):
+                    if event["type"] == "ERROR":
+                        version = None
+                        break
+                    obj = event["raw_object"]
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event["type"] != "DELETED":
+                        on(obj)
+                    if stop.is_set():
+                        break
+            finally:
+                w.stop()
         except Exception as err:
             log(f"watch: {err}")
+            version = None
             time.sleep(0.5)
-        finally:
-            w.stop()
 
 
 def burst(api: client.ApiClient, namespace: str, n: int, ready: int, timeout: float) -> Timeline:
@@ -316,19 +366,27 @@ def burst(api: client.ApiClient, namespace: str, n: int, ready: int, timeout: fl
 
 
 def settle(op: Operator, quiet: float = 5.0, timeout: float = 120.0) -> None:
-    """Wait until the operator's reconcile counter stops moving for `quiet` seconds."""
+    """Wait until the operator's reconciles and its own requests (status refreshes from the
+    Deployment controller's writes are no reconciles) stop for `quiet` seconds."""
     if not op.metrics_url:
         time.sleep(quiet * 2)
         return
+
+    def activity() -> float:
+        return op.metric_sum("slm_operator_reconciles_total") + op.metric_sum(
+            "slm_operator_api_requests_total"
+        )
+
     deadline = time.monotonic() + timeout
-    last, since = op.metric_sum("slm_operator_reconciles_total"), time.monotonic()
+    last, since = activity(), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(1)
-        now = op.metric_sum("slm_operator_reconciles_total")
+        now = activity()
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return
+    log(f"the operator was still busy after {timeout:.0f}s; measuring anyway")
 
 
 def delete_namespace(api: client.ApiClient, namespace: str, timeout: float = 180) -> None:
@@ -356,13 +414,15 @@ def phase(
 ) -> dict[str, float]:
     """One burst of `n` SLMDeployments, then an idle window; the numbers of both."""
     before_api, before_own = apiserver_counts(api), op.metric_sum("slm_operator_api_requests_total")
-    log(f"--- {n} SLMDeployments in {namespace}")
+    before_cpu = cpu_by_component(op)
+    log(f"--- {n} SLMDeployments in {namespace} (load average {os.getloadavg()[0]:.1f})")
     timeline = burst(api, namespace, n, args.ready, args.timeout)
     children = max(timeline.children.values(), default=float("nan"))
     status = max(timeline.status.values(), default=float("nan"))
     ready = max(timeline.ready.values(), default=float("nan"))
     complete = len(timeline.children) >= n and len(timeline.status) >= n
     settle(op)
+    cpu_ms = {k: (v - before_cpu.get(k, 0.0)) * 1000 / n for k, v in cpu_by_component(op).items()}
     burst_api = delta(apiserver_counts(api), before_api)
     burst_api[("POST", "slmdeployments")] = burst_api.get(("POST", "slmdeployments"), 0) - n
     own = op.metric_sum("slm_operator_api_requests_total") - before_own
@@ -375,6 +435,10 @@ def phase(
     per_cr = {f"{v} {r}": round(c / n, 2) for (v, r), c in sorted(burst_api.items()) if c > 0}
     log(f"API requests per CR (API server, all clients but the creates): {json.dumps(per_cr)}")
     log(f"API requests per CR (operator's own client): {own / n:.2f}")
+    log(
+        f"CPU ms per CR (burst and settling; load average {os.getloadavg()[0]:.1f}): "
+        + json.dumps({k: round(v, 1) for k, v in sorted(cpu_ms.items())})
+    )
     idle_api, cpu0, t0 = apiserver_counts(api), op.cpu_seconds(), time.monotonic()
     own0 = op.metric_sum("slm_operator_api_requests_total")
     time.sleep(args.idle_seconds)
@@ -397,6 +461,8 @@ def phase(
         f"idle_writes_per_min_{n}": idle_writes,
         f"api_per_cr_{n}": sum(burst_api.values()) / n,
         f"own_api_per_cr_{n}": own / n,
+        f"operator_cpu_ms_per_cr_{n}": cpu_ms.get("operator", float("nan")),
+        f"apiserver_cpu_ms_per_cr_{n}": cpu_ms.get("kube-apiserver", float("nan")),
     }
 
 
@@ -407,7 +473,18 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--resync-seconds", type=float, default=15)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the operator this run starts (e.g. MALLOC_ARENA_MAX=2)",
+    )
+    parser.add_argument(
+        "--operator-wrapper", default="", help="command prefix for the operator (a profiler), split on spaces"
+    )
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop_on_term)
     counts = [int(c) for c in args.counts.split(",")]
     results: dict[str, float] = {}
     run_id = f"{int(time.time()) % 100000}"
@@ -431,20 +508,34 @@ def main() -> int:
             timeout=60,
         )
         time.sleep(2)
-        with operator(
-            kubeconfig, args.resync_seconds, ROOT / "benchmarks" / ".work" / "operator_scale"
-        ) as op:
-            previous: str | None = None
-            for n in counts:
-                if previous:
-                    log(f"deleting {previous}")
-                    delete_namespace(api, previous)
-                    settle(op)
-                previous = f"bench-{n}-{run_id}"
-                results.update(phase(api, op, previous, n, args))
-            log(f"deleting {previous}")
-            delete_namespace(api, previous or "", timeout=240)
-        api.close()
+        previous: str | None = None
+        try:
+            with operator(
+                kubeconfig,
+                args.resync_seconds,
+                ROOT / "benchmarks" / ".work" / "operator_scale",
+                dict(e.split("=", 1) for e in args.operator_env),
+                args.operator_wrapper.split(),
+            ) as op:
+                for n in counts:
+                    if previous:
+                        log(f"deleting {previous}")
+                        delete_namespace(api, previous)
+                        settle(op)
+                    previous = f"bench-{n}-{run_id}"
+                    results.update(phase(api, op, previous, n, args))
+            # the operator is stopped first: nothing then reacts to the deletion below
+            report(results, counts)
+        finally:
+            if previous:
+                log(f"deleting {previous} (bounded: the control plane may be stopped right after)")
+                delete_namespace(api, previous, timeout=90)
+            api.close()
+    return 0
+
+
+def report(results: dict[str, float], counts: list[int]) -> None:
+    """All numbers as JSON, then the summary line (stdout's last line; teardown logs to stderr)."""
     last = counts[-1]
     summary = {
         f"converge_s_{counts[0]}": results[f"converge_s_{counts[0]}"],
@@ -453,8 +544,15 @@ def main() -> int:
         "idle_writes_per_min": max(results[f"idle_writes_per_min_{n}"] for n in counts),
     }
     print(json.dumps(results, sort_keys=True))
-    print(" ".join(f"{k}={v:.1f}" if k != "idle_cpu_pct" else f"{k}={v:.2f}" for k, v in summary.items()))
-    return 0
+    print(
+        " ".join(f"{k}={v:.1f}" if k != "idle_cpu_pct" else f"{k}={v:.2f}" for k, v in summary.items()),
+        flush=True,
+    )
+
+
+def _stop_on_term(signum: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that the operator and the cluster this run started stop."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

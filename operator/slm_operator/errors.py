@@ -73,3 +73,10 @@ class ApplyError(SlmOperatorError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NamespaceTerminatingError(KubeError):
+    """The namespace is being deleted: the API refuses new objects in it (403 with the status
+    cause `NamespaceTerminating`), so re-creating a child there is pointless until it is gone."""
+
+    reason = "NamespaceTerminating"

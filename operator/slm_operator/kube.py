@@ -4,6 +4,11 @@ Everything else receives plain dicts. Errors of the client are mapped once, here
 Server-side apply uses the field manager `slm-operator` with `force=true`: the operator owns the
 fields it sets, and an edit by someone else is reverted on the next reconcile.
 
+Requests go out raw (`raw_request`: our own JSON in, `json.loads` out) rather than through the
+DynamicClient's `ResourceInstance` wrappers, whose per-request discovery search and recursive
+(de)serialisation were most of the operator's CPU in a burst of creates; the DynamicClient is kept
+for discovery only (a kind's plural and scope, looked up once per kind).
+
 `Informer` keeps a `reconcile.cache.Store` current with one list and then one long watch (resumed
 from the last resourceVersion, re-listed after a 410 Gone or a lost connection, with a short capped
 backoff so that the caches are fresh within seconds of the API server's return). Every HTTP request
@@ -27,7 +32,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 from slm_operator.api import API_VERSION, KIND
-from slm_operator.errors import KubeError
+from slm_operator.errors import KubeError, NamespaceTerminatingError
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -49,8 +54,11 @@ def _mapped(what: str) -> Iterator[None]:
         yield
     except DynamicApiError as err:
         raise KubeError(f"{what}: {err.status} {err.reason}: {_summary(err)}", status=err.status) from err
+    except KubeError as err:
+        raise type(err)(f"{what}: {err}", status=err.status) from err
     except client.ApiException as err:
-        raise KubeError(f"{what}: {err.status} {err.reason}", status=err.status) from err
+        mapped = api_error(int(err.status or 0), str(err.reason), getattr(err, "body", None))
+        raise type(mapped)(f"{what}: {mapped}", status=err.status) from err
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as err:
         # connection refused / reset, timeouts, MaxRetryError while the API server is away
         raise KubeError(f"{what}: {err}") from err
@@ -70,13 +78,17 @@ class Kube:
         field_manager: str = FIELD_MANAGER,
         *,
         connections: int = 20,
+        kinds: Mapping[tuple[str, str], tuple[str, bool]] | None = None,
     ) -> None:
+        """`kinds`: (apiVersion, kind) -> (plural, namespaced) known in advance (else discovered
+        once per kind)."""
         self._api_client = api_client
         self._watch_client: client.ApiClient | None = api_client
         self._field_manager = field_manager
         self._connections = connections
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
+        self._kinds: dict[tuple[str, str], tuple[str, bool]] = dict(kinds or {})
         self.requests = RequestCounter()
 
     def _new_client(self, connections: int) -> client.ApiClient:
@@ -118,87 +130,113 @@ class Kube:
         with _mapped(what):
             return fn()
 
+    def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        """The URL path of a kind's collection (or of one object): its plural and scope come from
+        discovery once per kind, not per request."""
+        found = self._kinds.get((api_version, kind))
+        if found is None:
+            resource = self._call(f"discover {kind}", lambda: self._resource(api_version, kind))
+            found = (str(resource.name), bool(resource.namespaced))
+            self._kinds[(api_version, kind)] = found
+        plural, namespaced = found
+        path = collection_path(api_version, plural, namespace if namespaced else None)
+        return f"{path}/{name}" if name else path
+
+    def _send(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Obj | None = None,
+        content_type: str = "application/json",
+        missing_ok: bool = False,
+    ) -> Obj | None:
+        """One request; the decoded JSON answer (None for a 404 when `missing_ok`)."""
+        try:
+            with _mapped(what):
+                data = raw_request(
+                    self.api_client(),
+                    method,
+                    path,
+                    query=query or [],
+                    body=body,
+                    content_type=content_type,
+                    timeout=(10, 60),
+                )
+        except KubeError as err:
+            if missing_ok and err.status == 404:
+                return None
+            raise
+        found = json.loads(data) if data else None
+        return found if isinstance(found, dict) else None
+
+    def _object(self, what: str, found: Obj | None, api_version: str, kind: str) -> Obj:
+        if found is None:
+            raise KubeError(f"{what}: empty answer")
+        found.setdefault("apiVersion", api_version)
+        found.setdefault("kind", kind)
+        return found
+
     def list_nodes(self) -> list[Obj]:
-        nodes = self._call("list nodes", lambda: self._resource("v1", "Node").get())
-        return [item.to_dict() for item in nodes.items]
+        return self.list_labelled("v1", "Node", None, "")
 
     def list_pods(self) -> list[Obj]:
         """Pods bound to nodes that still hold resources (not Succeeded/Failed), in every namespace."""
         selector = "status.phase!=Succeeded,status.phase!=Failed,spec.nodeName!="
-        pods = self._call("list pods", lambda: self._resource("v1", "Pod").get(field_selector=selector))
-        return [item.to_dict() for item in pods.items]
+        found = self._send(
+            "list pods", "GET", self._path("v1", "Pod", None), query=[("fieldSelector", selector)]
+        )
+        return list((found or {}).get("items") or [])
 
     def read_secret(self, namespace: str, name: str) -> Obj | None:
-        try:
-            with _mapped(f"read secret {namespace}/{name}"):
-                secret = self._resource("v1", "Secret").get(name=name, namespace=namespace)
-        except KubeError as err:
-            if err.status == 404:
-                return None
-            raise
-        return dict(secret.to_dict())
+        what = f"read secret {namespace}/{name}"
+        return self._send(what, "GET", self._path("v1", "Secret", namespace, name), missing_ok=True)
 
     def apply(self, obj: Obj) -> Obj:
         """Server-side apply `obj`; returns the object as the server now has it."""
         meta = obj["metadata"]
         what = f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}"
-        resource = self._call(what, lambda: self._resource(obj["apiVersion"], obj["kind"]))
-        result = self._call(
+        path = self._path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        found = self._send(
             what,
-            lambda: self._client().server_side_apply(  # type: ignore[no-untyped-call]
-                resource, body=obj, field_manager=self._field_manager, force_conflicts=True
-            ),
+            "PATCH",
+            path,
+            query=[("fieldManager", self._field_manager), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",  # JSON is YAML
         )
-        return dict(result.to_dict())
+        return self._object(what, found, obj["apiVersion"], obj["kind"])
 
     def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
         """Objects with the label `selector` in `namespace` (None: in every namespace)."""
         what = f"list {kind} in {namespace or 'all namespaces'}"
-        resource = self._call(what, lambda: self._resource(api_version, kind))
-        items = self._call(what, lambda: resource.get(namespace=namespace, label_selector=selector))
-        return [dict(item.to_dict(), apiVersion=api_version, kind=kind) for item in items.items]
+        query = [("labelSelector", selector)] if selector else []
+        found = self._send(what, "GET", self._path(api_version, kind, namespace), query=query)
+        return [dict(item, apiVersion=api_version, kind=kind) for item in (found or {}).get("items") or ()]
 
     def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         """One child as the server has it now, or None when it does not exist."""
         what = f"get {kind} {namespace}/{name}"
-        resource = self._call(what, lambda: self._resource(api_version, kind))
-        try:
-            with _mapped(what):
-                found = resource.get(name=name, namespace=namespace)
-        except KubeError as err:
-            if err.status == 404:
-                return None
-            raise
-        return dict(found.to_dict(), apiVersion=api_version, kind=kind)
+        found = self._send(what, "GET", self._path(api_version, kind, namespace, name), missing_ok=True)
+        return None if found is None else self._object(what, found, api_version, kind)
 
     def delete(self, obj: Obj) -> None:
         meta = obj["metadata"]
         what = f"delete {obj['kind']} {meta.get('namespace')}/{meta['name']}"
-        resource = self._call(what, lambda: self._resource(obj["apiVersion"], obj["kind"]))
-        try:
-            with _mapped(what):
-                resource.delete(
-                    name=meta["name"], namespace=meta.get("namespace"), propagation_policy="Background"
-                )
-        except KubeError as err:
-            if err.status != 404:
-                raise
+        path = self._path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        self._send(what, "DELETE", path, body=body, missing_ok=True)
 
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None:
-        resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))
-        try:
-            with _mapped(f"get SLMDeployment {namespace}/{name}"):
-                found = resource.get(name=name, namespace=namespace)
-        except KubeError as err:
-            if err.status == 404:
-                return None
-            raise
-        return dict(found.to_dict())
+        what = f"get SLMDeployment {namespace}/{name}"
+        found = self._send(what, "GET", self._path(API_VERSION, KIND, namespace, name), missing_ok=True)
+        return None if found is None else self._object(what, found, API_VERSION, KIND)
 
     def list_slmdeployments(self, namespace: str | None = None) -> list[Obj]:
-        resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))
-        found = self._call("list SLMDeployments", lambda: resource.get(namespace=namespace))
-        return [item.to_dict() for item in found.items]
+        found = self._send("list SLMDeployments", "GET", self._path(API_VERSION, KIND, namespace))
+        return [dict(item, apiVersion=API_VERSION, kind=KIND) for item in (found or {}).get("items") or ()]
 
     def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None:
         """Create a core/v1 Event about `involved` (what kopf.event does, for code outside a handler)."""
@@ -225,29 +263,23 @@ class Kube:
             "lastTimestamp": timestamp,
             "count": 1,
         }
-        resource = self._call("discover Event", lambda: self._resource("v1", "Event"))
-        self._call(f"post event {reason}", lambda: resource.create(body=event, namespace=namespace))
+        self._send(f"post event {reason}", "POST", self._path("v1", "Event", namespace), body=event)
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None:
         """JSON merge patch of the status subresource (lists such as conditions are replaced whole).
 
         Returns the SLMDeployment as the patch left it (None when it is gone), which the caller
         writes through into its cache."""
-        resource = self._call("discover SLMDeployment", lambda: self._resource(API_VERSION, KIND))
-        try:
-            with _mapped(f"patch status of SLMDeployment {namespace}/{name}"):
-                result = self._client().patch(  # type: ignore[no-untyped-call]
-                    resource.status,
-                    body={"status": status},
-                    name=name,
-                    namespace=namespace,
-                    content_type="application/merge-patch+json",
-                )
-        except KubeError as err:
-            if err.status != 404:  # deleted meanwhile: nothing to report on
-                raise
-            return None
-        return dict(result.to_dict()) if result is not None else None
+        what = f"patch status of SLMDeployment {namespace}/{name}"
+        found = self._send(
+            what,
+            "PATCH",
+            self._path(API_VERSION, KIND, namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+            missing_ok=True,  # deleted meanwhile: nothing to report on
+        )
+        return None if found is None else self._object(what, found, API_VERSION, KIND)
 
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -293,6 +325,67 @@ class RequestCounter:
 
         rest.request = counted
         api_client._slm_counted = True  # type: ignore[attr-defined]
+
+
+def raw_request(
+    api_client: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]],
+    body: Obj | None,
+    content_type: str,
+    timeout: tuple[float, float],
+) -> bytes:
+    """One request with a JSON body (a plain dict); the answer's bytes, undecoded.
+
+    Bypasses the client's model (de)serialisation, which walks every object recursively. A non-2xx
+    answer raises `client.ApiException` (mapped by the caller). Works with both generations of the
+    client's transport (`call_api(path, ...)` before 35, `param_serialize` + `call_api(method,
+    url, ...)` since)."""
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    api: Any = api_client  # two transport generations with different signatures
+    if hasattr(api, "param_serialize"):
+        # body given to call_api, not param_serialize: the transport json.dumps it (JSON and
+        # structured-YAML content types alike) without the model walk
+        method, url, header_params, _, _ = api.param_serialize(
+            method, path, query_params=query, header_params=headers, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(method, url, header_params=header_params, body=body, _request_timeout=timeout)
+        payload = bytes(response.read() or b"")
+        if not 200 <= response.status <= 299:
+            raise api_error(int(response.status), str(response.reason), payload)
+        return payload
+    # the old transport encodes only JSON content types itself; apply-patch+yaml goes as text
+    data: Any = body if body is None or "json" in content_type else json.dumps(body)
+    response = api.call_api(
+        path,
+        method,
+        query_params=query,
+        header_params=headers,
+        body=data,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+        _request_timeout=timeout,
+    )
+    return bytes(response.data or b"")
+
+
+def api_error(status: int, reason: str, payload: bytes | str | None) -> KubeError:
+    """The error for a non-2xx answer, from the API's `Status` body when it has one."""
+    try:
+        body = json.loads(payload or b"{}")
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("message") or reason)
+    causes = {str(c.get("reason") or c.get("type")) for c in (body.get("details") or {}).get("causes") or ()}
+    text = f"{status} {body.get('reason') or reason}: {message}"
+    if "NamespaceTerminating" in causes:
+        return NamespaceTerminatingError(text, status=status)
+    return KubeError(text, status=status)
 
 
 def raw_get(
@@ -486,4 +579,5 @@ __all__ = [
     "WatchTarget",
     "collection_path",
     "load_config",
+    "raw_request",
 ]

@@ -5,16 +5,22 @@ call when nothing differs (a standby's makes none at all)."""
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import kopf
+import pytest
 from op_support import bed_nodes, gguf, pod_on
 from test_op_reconcile import UID, FakeCluster, _body, _ctx
 
 from slm_operator.api import SLMDeploymentSpec
+from slm_operator.errors import KubeError, NamespaceTerminatingError
 from slm_operator.hardware import parse_nodes
 from slm_operator.placement import charge_pending, place
 from slm_operator.rbac import rules
+from slm_operator.reconcile import heap
 from slm_operator.reconcile.cache import Store, slim_node, slim_pod
 from slm_operator.reconcile.context import Leadership, OperatorContext, is_leader
 from slm_operator.reconcile.handlers import plain, run_reconcile
@@ -224,6 +230,7 @@ def _fleet(n: int) -> tuple[CountingCluster, OperatorContext, list[Obj]]:
     for i in range(n):
         body = _body(name=f"m{i}")
         body["metadata"]["uid"] = f"{UID}-{i}"
+        body["status"] = {"observedGeneration": 0}  # reconciled before, by an older process
         bodies.append(body)
     ctx.cache.owners.replace(bodies)
     return cluster, ctx, bodies
@@ -374,3 +381,113 @@ def test_a_status_update_by_another_controller_is_not_drift() -> None:
 
     on_child_event(type="MODIFIED", body=deployment, memo=Memo(ctx))
     assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0
+
+
+def test_the_resync_leaves_never_reconciled_owners_to_kopf() -> None:
+    """An owner without any status has its create handler queued in kopf: during a burst the
+    resync must not reconcile it a second time."""
+    cluster, ctx, bodies = _fleet(3)
+    del bodies[1]["status"]
+    ctx.cache.owners.replace(bodies)
+    assert resync_once(ctx, {}, set(), full=True) == 2
+    assert sorted(s["hardware"] for s in cluster.status_patches) == ["gpu", "gpu"]
+    assert not [o for o in cluster.objects.values() if o["metadata"]["name"].startswith("m1")]
+
+
+class TerminatingCluster(CountingCluster):
+    """A namespace being deleted: the API refuses every create in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terminating = True
+
+    def apply(self, obj: Obj) -> Obj:
+        if self.terminating:
+            self.calls.append("apply refused")
+            raise NamespaceTerminatingError("403 Forbidden: namespace ns is being terminated", 403)
+        return super().apply(obj)
+
+
+def test_a_terminating_namespace_is_not_fought() -> None:
+    cluster = TerminatingCluster()
+    ctx = _ctx(cluster)
+    body = _body(name="m0")
+    body["status"] = {"observedGeneration": 0}
+    ctx.cache.owners.replace([body])
+    cluster.owner = body
+    with pytest.raises(kopf.TemporaryError):
+        run_reconcile(ctx, plain(body), "drift")
+    assert ctx.namespace_terminating("ns") and not ctx.namespace_terminating("other")
+    # the namespace's deletion removes a child: nothing is read, applied or reported
+    from slm_operator.reconcile.handlers import on_child_event
+
+    class Memo:
+        def __init__(self, ctx: OperatorContext) -> None:
+            self.ctx = ctx
+
+    cluster.calls.clear()
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "m0",
+            "namespace": "ns",
+            "labels": {"app.kubernetes.io/managed-by": "slm-operator", "slm.dev/deployment": "m0"},
+            "ownerReferences": [{"uid": UID, "controller": True}],
+        },
+    }
+    on_child_event(type="DELETED", body=service, memo=Memo(ctx))
+    assert resync_once(ctx, {}, set(), full=True) == 0
+    assert cluster.calls == [] and cluster.events == []
+    # the same name again, accepting writes: one successful apply ends the pause
+    cluster.terminating = False
+    run_reconcile(ctx, plain(body), "change")
+    assert not ctx.namespace_terminating("ns") and "Service" in cluster.kinds()
+
+
+def test_kopf_success_lines_of_child_events_are_dropped_and_nothing_else() -> None:
+    from slm_operator.reconcile.handlers import CHILD_HANDLER, QuietChildEvents
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
+
+    quiet = QuietChildEvents()
+    assert not quiet.filter(record(logging.INFO, f"Handler {CHILD_HANDLER!r} succeeded."))
+    assert quiet.filter(record(logging.INFO, "Handler 'on_change' succeeded."))
+    assert quiet.filter(record(logging.ERROR, f"Handler {CHILD_HANDLER!r} failed with an exception."))
+
+
+def test_the_heap_controls_work_on_this_libc() -> None:
+    if not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/usr/lib64/libc.so.6").exists():
+        pytest.skip("not glibc")
+    assert heap.limit_arenas(2) is True
+    assert heap.limit_arenas(0) is False
+    assert isinstance(heap.trim(), bool)
+
+
+class FlakyCluster(CountingCluster):
+    """The API is away for the first `outage` applies (an etcd restart)."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def apply(self, obj: Obj) -> Obj:
+        if self.outage > 0:
+            self.outage -= 1
+            raise KubeError("apply: connection refused")
+        return super().apply(obj)
+
+
+def test_an_owner_whose_first_reconcile_met_an_outage_is_retried_by_the_resync() -> None:
+    """kopf's handler failed on the API: the resync retries it at its short cadence (not only
+    kopf after its growing backoff), even though the owner has no status yet."""
+    cluster = FlakyCluster(outage=1)
+    ctx = _ctx(cluster)
+    body = _body(name="m0")
+    ctx.cache.owners.replace([body])
+    with pytest.raises(kopf.TemporaryError):
+        run_reconcile(ctx, plain(body), "change", created=True)
+    assert resync_once(ctx, {}, set(), full=False) == 1
+    assert "Deployment" in cluster.kinds() and not ctx.api_failures
+    assert resync_once(ctx, {}, set(), full=False) == 0

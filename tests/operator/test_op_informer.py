@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
+from slm_operator.errors import NamespaceTerminatingError
 from slm_operator.kube import Informer, Kube, WatchTarget, collection_path
 from slm_operator.reconcile.cache import Store, slim_pod
 from slm_operator.reconcile.context import OperatorContext
@@ -147,3 +148,102 @@ def test_namespaced_mode_lists_nothing_cluster_wide_but_nodes() -> None:
         "/api/v1/pods",
         "/apis/slm.dev/v1alpha1/slmdeployments",
     ]
+
+
+# --- the raw requests of a reconcile -----------------------------------------------------------
+
+
+class RecordingApi(BaseHTTPRequestHandler):
+    """Answers like the API server: apply echoes the body with a resourceVersion, a missing object
+    is a 404 Status, a create in the namespace `gone` is refused as terminating."""
+
+    protocol_version = "HTTP/1.0"
+    seen: list[tuple[str, str, str, Any]] = []
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _answer(self, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.seen.append((self.command, self.path, str(self.headers.get("Content-Type")), body))
+        path = urlsplit(self.path).path
+        if "/namespaces/gone/" in path:
+            cause = {"reason": "NamespaceTerminating", "message": "namespace gone is being terminated"}
+            self._answer(
+                403,
+                {
+                    "kind": "Status",
+                    "reason": "Forbidden",
+                    "message": "unable to create new content in namespace gone: it is being terminated",
+                    "details": {"causes": [cause]},
+                    "code": 403,
+                },
+            )
+        elif self.command == "PATCH":
+            self._answer(
+                200,
+                {**(body or {}), "metadata": {**(body or {}).get("metadata", {}), "resourceVersion": "7"}},
+            )
+        elif self.command == "GET" and path.endswith("/missing"):
+            self._answer(404, {"kind": "Status", "reason": "NotFound", "message": "not found", "code": 404})
+        else:
+            self._answer(200, {"kind": "Status", "status": "Success"})
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+
+def test_requests_go_out_raw_and_errors_keep_the_api_status() -> None:
+    RecordingApi.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kinds = {
+        ("apps/v1", "Deployment"): ("deployments", True),
+        ("slm.dev/v1alpha1", "SLMDeployment"): ("slmdeployments", True),
+    }
+    try:
+        config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        kube = Kube(api_client=client.ApiClient(config), field_manager="fm", kinds=kinds)
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "ns"},
+            "spec": {"replicas": 0},
+        }
+        applied = kube.apply(deployment)
+        assert applied["metadata"]["resourceVersion"] == "7" and applied["spec"] == {"replicas": 0}
+        method, path, content_type, sent = RecordingApi.seen[-1]
+        assert (method, content_type, sent) == ("PATCH", "application/apply-patch+yaml", deployment)
+        assert urlsplit(path).path == "/apis/apps/v1/namespaces/ns/deployments/d"
+        assert parse_qs(urlsplit(path).query) == {"fieldManager": ["fm"], "force": ["true"]}
+        assert kube.read("apps/v1", "Deployment", "ns", "missing") is None
+        kube.patch_status("ns", "m", {"phase": "Ready"})
+        method, path, content_type, sent = RecordingApi.seen[-1]
+        assert (method, path, content_type) == (
+            "PATCH",
+            "/apis/slm.dev/v1alpha1/namespaces/ns/slmdeployments/m/status",
+            "application/merge-patch+json",
+        )
+        assert sent == {"status": {"phase": "Ready"}}
+        with pytest.raises(NamespaceTerminatingError) as refused:
+            kube.apply({**deployment, "metadata": {"name": "d", "namespace": "gone"}})
+        assert refused.value.status == 403 and "being terminated" in str(refused.value)
+        assert kube.requests.snapshot() == {"PATCH": 3, "GET": 1}
+    finally:
+        server.shutdown()
+        server.server_close()

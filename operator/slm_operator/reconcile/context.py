@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ from slm_operator.settings import Settings
 
 OwnerKey = tuple[str, str]
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+TERMINATING_SECONDS = 60.0
+"""How long a namespace that refused a create as terminating is left alone by drift correction and
+the resync (renewed by every such refusal, ended by any successful apply there)."""
 
 
 class Background(Protocol):
@@ -268,9 +272,32 @@ class OperatorContext:
     render: RenderMemo = field(default_factory=RenderMemo)
     _children_counted: dict[OwnerKey, dict[str, int]] = field(default_factory=dict)
     _prime_lock: threading.Lock = field(default_factory=threading.Lock)
+    _terminating: dict[str, float] = field(default_factory=dict)
+    api_failures: set[OwnerKey] = field(default_factory=set)
+    """Owners whose last reconcile, by any trigger, failed on an API error: the resync retries them
+    every few seconds, also those it otherwise leaves to kopf (never reconciled yet), so that an
+    API server or etcd outage ends in seconds rather than after kopf's growing backoff."""
 
     def active(self) -> bool:
         return self.leadership.active(self.cache)
+
+    def mark_terminating(self, namespace: str, terminating: bool = True) -> None:
+        """The API refused a create in `namespace` because it is being deleted (or, `False`, an
+        apply there succeeded). While it is terminating, a child that its deletion removes is not
+        restored: every re-apply would fail and cost two reads and a refused write."""
+        if terminating:
+            self._terminating[namespace] = time.monotonic()
+        else:
+            self._terminating.pop(namespace, None)
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        since = self._terminating.get(namespace)
+        if since is None:
+            return False
+        if time.monotonic() - since > TERMINATING_SECONDS:
+            self._terminating.pop(namespace, None)
+            return False
+        return True
 
     def record_children(self, owner: OwnerKey, counts: dict[str, int]) -> None:
         """Publish an owner's child counts (the gauge), only when they changed: republishing

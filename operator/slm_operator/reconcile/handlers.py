@@ -69,8 +69,13 @@ def on_change(body: Any, memo: Any, retry: int = 0, reason: str = "", **_: Any) 
 
 
 def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
-    """A managed child changed or vanished."""
-    child_changed(context_of(memo), type, plain(body))
+    """A managed child changed or vanished; in a namespace being deleted, nothing is restored
+    (the API would refuse every re-create, after two reads each)."""
+    ctx = context_of(memo)
+    namespace = str((body.get("metadata") or {}).get("namespace") or "")
+    if ctx.namespace_terminating(namespace):
+        return
+    child_changed(ctx, type, plain(body))
 
 
 def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None:
@@ -83,6 +88,18 @@ def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None
         ctx.record_children((namespace, name), {})
 
 
+class QuietChildEvents(logging.Filter):
+    """Drops kopf's "Handler 'on_child_event' succeeded." lines: one per watch event of every
+    child (about ten per SLMDeployment created), which in a burst cost more CPU than the drift
+    checks they report on. Failures, and every line about the SLMDeployments, still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.getMessage() != f"Handler {CHILD_HANDLER!r} succeeded."
+
+
+CHILD_HANDLER = "on_child_event"
+
+
 async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Annotations (not .status) for kopf's state, quiet logging Events, metrics, informers, the
     resync loop."""
@@ -92,6 +109,9 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    kopf_objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietChildEvents) for f in kopf_objects.filters):
+        kopf_objects.addFilter(QuietChildEvents())
     settings.execution.max_workers = ctx.settings.workers
     settings.peering.lifetime = ctx.settings.peering_lifetime
     try:
@@ -129,6 +149,11 @@ def build_registry() -> kopf.OperatorRegistry:
         cause(GROUP, VERSION, PLURAL, registry=registry)(on_change)
     for child in CHILDREN:
         kopf.on.event(
-            child.group, child.version, child.plural, labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry
+            child.group,
+            child.version,
+            child.plural,
+            id=CHILD_HANDLER,
+            labels={MANAGED_BY_LABEL: MANAGED_BY},
+            registry=registry,
         )(on_child_event)
     return registry

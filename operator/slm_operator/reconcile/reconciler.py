@@ -20,6 +20,7 @@ from slm_operator.errors import (
     ApplyError,
     KubeError,
     NameConflictError,
+    NamespaceTerminatingError,
     SecretNotFoundError,
     SlmOperatorError,
 )
@@ -109,6 +110,8 @@ admission or RBAC, over quota, too large): reported as ApplyFailed instead of re
 def _apply(cluster: Cluster, step: Step) -> Obj:
     try:
         return cluster.apply(step.obj)
+    except NamespaceTerminatingError:
+        raise  # not a rejection of the spec: the namespace is going away (runs.py leaves it alone)
     except KubeError as err:
         if err.status in REJECTED:
             raise ApplyError(str(err), status=err.status) from err

@@ -4,8 +4,12 @@ An operator-level loop (not a kopf timer: no finalizers on objects). Each SLMDep
 fingerprint of what its plan reads (its generation, the node and pod stores' versions, the applied
 children's version); an owner whose fingerprint did not change since its last successful reconcile
 is skipped without even planning, and a plan with nothing to do makes no API call, so a steady
-fleet costs neither CPU nor requests. Owners whose last reconcile failed on an API error are
-retried every `RETRY_SECONDS`; specs with an API key Secret are re-checked every period (one GET).
+fleet costs neither CPU nor requests. Owners whose last reconcile (here or in a kopf handler)
+failed on an API error are retried every `RETRY_SECONDS`; specs with an API key Secret are
+re-checked every period (one GET).
+An owner without any status has never been reconciled: its create (or, after a restart, resume)
+handler is queued in kopf, and the resync leaves it to that handler, so that a burst of creates is
+not reconciled twice (measured: 1,356 resync reconciles during a burst of 1,000).
 
 On a standby replica (kopf peering) the loop does nothing, and it runs a full pass as soon as this
 replica takes over.
@@ -22,6 +26,7 @@ from typing import Any
 import kopf
 
 from slm_operator.errors import KubeError
+from slm_operator.reconcile import heap
 from slm_operator.reconcile.context import OperatorContext, OwnerKey
 from slm_operator.reconcile.runs import run_reconcile
 
@@ -45,17 +50,21 @@ def resync_once(
     owners whose last reconcile failed."""
     count = 0
     present: set[OwnerKey] = set()
+    retry = failed | ctx.api_failures  # failed here, or in a kopf handler
+
     for body in sorted(
         ctx.cache.owners.items(), key=lambda b: (b["metadata"].get("namespace"), b["metadata"].get("name"))
     ):
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         present.add(key)
-        if meta.get("deletionTimestamp") or not ctx.active():
+        if meta.get("deletionTimestamp") or ctx.namespace_terminating(key[0]) or not ctx.active():
             continue
+        if not body.get("status") and key not in retry:
+            continue  # never reconciled yet: kopf's create (or resume) handler is on its way
         stamp = fingerprint(ctx, body)
         checks_secret = bool((body.get("spec") or {}).get("auth"))
-        if key not in failed and (not full or (done.get(key) == stamp and not checks_secret)):
+        if key not in retry and (not full or (done.get(key) == stamp and not checks_secret)):
             continue
         count += 1
         try:
@@ -73,6 +82,7 @@ def resync_once(
     for gone in set(done) - present:
         done.pop(gone, None)
     failed &= present
+    ctx.api_failures &= present
     return count
 
 
@@ -101,6 +111,7 @@ async def resync_forever(ctx: OperatorContext) -> None:
         was_active = True
         if full:
             last_full = time.monotonic()
-        elif not failed:
+        elif not failed and not ctx.api_failures:
             continue
-        await asyncio.to_thread(resync_once, ctx, done, failed, full=full)
+        if await asyncio.to_thread(resync_once, ctx, done, failed, full=full):
+            await asyncio.to_thread(heap.trim)  # after a burst, give its garbage back (reconcile.heap)

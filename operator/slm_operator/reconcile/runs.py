@@ -24,6 +24,7 @@ from slm_operator.errors import (
     ApplyError,
     KubeError,
     NameConflictError,
+    NamespaceTerminatingError,
     PlacementError,
     SecretNotFoundError,
     SlmOperatorError,
@@ -118,6 +119,14 @@ def run_reconcile(
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
+            if isinstance(err, KubeError):
+                ctx.api_failures.add((owner.namespace, owner.name))
+            else:
+                ctx.api_failures.discard((owner.namespace, owner.name))
+            if isinstance(err, NamespaceTerminatingError):
+                ctx.mark_terminating(owner.namespace)
+                log.info("%s/%s: its namespace is being deleted: %s", owner.namespace, owner.name, err)
+                raise kopf_error(err, retry) from err
             log.warning(
                 "reconcile of %s/%s failed (%s): %s",
                 owner.namespace,
@@ -130,8 +139,14 @@ def run_reconcile(
                 try:
                     post(ctx, body, report_failure(body, err, ctx.cluster))
                 except KubeError as status_err:
+                    # retried soon rather than given up: an owner without a status is left to
+                    # kopf's handler (the resync skips it), so the failure must get reported
                     log.warning("could not report the failure: %s", status_err)
+                    raise kopf_error(status_err, retry) from err
             raise kopf_error(err, retry, repeated=repeated) from err
+        ctx.api_failures.discard((owner.namespace, owner.name))
+        if outcome.applied:
+            ctx.mark_terminating(owner.namespace, False)
         ctx.applied.remember(outcome.desired, outcome.applied)
         for obj in outcome.pruned:
             ctx.applied.forget(key_of(obj))

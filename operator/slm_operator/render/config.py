@@ -75,7 +75,8 @@ def runtime_config(ctx: RenderContext) -> RuntimeConfig:
 
 
 def config_yaml(ctx: RenderContext) -> str:
-    return runtime_config(ctx).to_yaml()
+    """`runtime_config(ctx)` as the YAML file the runtime reads (computed once per context)."""
+    return ctx.config_yaml
 
 
 def config_hash(ctx: RenderContext) -> str:

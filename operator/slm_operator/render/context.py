@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import parse_qs, urlsplit
 
 from slm_operator.api import SLMDeploymentSpec
@@ -53,6 +54,14 @@ class RenderContext:
     @property
     def model_path(self) -> str:
         return f"{MODELS_DIR}/{self.model_file}"
+
+    @cached_property
+    def config_yaml(self) -> str:
+        """The runtime's config file, serialised once per context: the ConfigMap carries it and the
+        pod template's config hash is taken of it, and YAML serialisation is most of a render."""
+        from slm_operator.render.config import runtime_config  # config.py builds on this module
+
+        return runtime_config(self).to_yaml()
 
 
 def is_archive(uri: str) -> bool:
