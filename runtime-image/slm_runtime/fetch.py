@@ -93,6 +93,14 @@ def hf_url(uri: str) -> str:
     return f"https://huggingface.co/{org}/{repo}/resolve/{urllib.parse.quote(revision, safe='')}/{quoted}"
 
 
+def _quiet_http_logs() -> None:
+    """httpx logs every request's full URL at INFO (user:password and query tokens included), and
+    httpcore its headers at DEBUG (Authorization): ours, redacted, are the only request logs."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+
+
 def _note_pin(org: str, repo: str, revision: str) -> None:
     if not _COMMIT.fullmatch(revision):
         log.info("hf://%s/%s@%s is not pinned to a commit (hf://org/repo@<commit>/...)", org, repo, revision)
@@ -119,6 +127,7 @@ def fetch(
     """Fetch `uri` to `dest`: a file, with `extract` a folder unpacked from a tar archive, with
     `folder` an `hf://` folder fetched file by file (`sha256` is then the manifest digest).
     At most `max_bytes` are written (per file, and for an archive's members together)."""
+    _quiet_http_logs()
     expected = sha256.lower() if sha256 else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     scheme = urllib.parse.urlsplit(uri).scheme
