@@ -51,11 +51,14 @@ def test_image_contract() -> None:
 LOCK = DOCKERFILE.parent / "requirements.lock"
 
 
-def _lock_entries() -> dict[str, str]:
+OPERATOR_LOCK = DOCKERFILE.parents[1] / "operator" / "requirements.lock"
+
+
+def _lock_entries(lock: Path = LOCK) -> dict[str, str]:
     """name -> the entry's text (its `==` pin, markers and `--hash` lines)."""
     entries: dict[str, str] = {}
     name = ""
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if line and line[0].isalnum():
             name = line.split("==")[0].strip().lower()
             entries[name] = line
@@ -101,3 +104,19 @@ def test_cuda_variant_python_matches_requires_python() -> None:
     for release in bases:
         assert python_of[release] >= (3, 11), f"ubuntu {release}'s python3 is too old"
     assert "assert v >= (3, 11)" in text
+
+
+def test_operator_image_installs_its_own_hashed_lock() -> None:
+    """The operator image: base dependencies only, each pinned and hashed, installed that way."""
+    import tomllib
+
+    dockerfile = (DOCKERFILE.parents[1] / "operator" / "Dockerfile").read_text()
+    assert "--require-hashes --no-deps -r operator/requirements.lock" in dockerfile
+    assert "--no-deps --no-build-isolation ." in dockerfile
+    entries = _lock_entries(OPERATOR_LOCK)
+    project = tomllib.loads((DOCKERFILE.parents[1] / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = requirement.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+        assert name in entries, f"{name} is not in operator/requirements.lock: run hack/lock-runtime.sh"
+    assert all("--hash=sha256:" in e for e in entries.values())
+    assert "onnxruntime-genai" not in entries and "llama-cpp-python" not in entries  # stays small
