@@ -129,7 +129,8 @@ def test_api_keys(serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.Monk
         ollama.Client(host=url).list()
     assert err.value.status_code == 401
     # right keys, each source, both headers
-    assert [m.id for m in openai.OpenAI(base_url=f"{url}/v1", api_key="file-key-0123456789").models.list()] == [MODEL]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="file-key-0123456789")
+    assert [m.id for m in client.models.list()] == [MODEL]
     assert ollama.Client(host=url, headers={"Authorization": "Bearer env-key-2-0123456789"}).list().models
     assert httpx.get(f"{url}/api/tags", headers={"x-api-key": "env-key-1-0123456789"}).status_code == 200
     # exempt
@@ -141,7 +142,8 @@ def test_protected_metrics(serve: ServerFactory, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TEST_SLM_KEYS2", "metrics-key-0123456789")
     server = serve(auth={"apiKeyEnv": "TEST_SLM_KEYS2", "protectMetrics": True})
     assert httpx.get(f"{server.url}/metrics").status_code == 401
-    assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer metrics-key-0123456789"}).status_code == 200
+    key = {"Authorization": "Bearer metrics-key-0123456789"}
+    assert httpx.get(f"{server.url}/metrics", headers=key).status_code == 200
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
