@@ -306,8 +306,12 @@ def test_attack_long_prompts_are_tokenized_off_the_event_loop(live: LiveRuntime)
     at once: each admitted one is tokenized off the event loop and refused with a 400 that names
     the slot size, the rest are refused by admission, while /healthz answers throughout."""
     body = {"model": MODEL, "messages": _user("word " * (PROMPT_CHARS // 5 - 10))}
-    with HealthProbe(live.url) as probe, concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: _chat(live, body), range(16)))
+    with (
+        HealthProbe(live.url) as probe,
+        httpx.Client(base_url=live.url, timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
+        answers = list(pool.map(lambda _: client.post("/v1/chat/completions", json=body), range(16)))
     # tokenizing happens after admission, so beyond parallel + queueLength it is a 429 instead
     assert {r.status_code for r in answers} <= {400, 429}, [r.text for r in answers]
     refused = [r for r in answers if r.status_code == 400]
