@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from slm_runtime.config import RuntimeConfig
-from slm_runtime.errors import ChecksumError, FetchError, SlmError
+from slm_runtime.errors import AuthConfigError, ChecksumError, FetchError, SlmError
 
 log = logging.getLogger("slm_runtime")
 
@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--folder", action="store_true", help="hf:// folder, fetched file by file (--sha256: manifest digest)"
     )
+    f.add_argument(
+        "--max-bytes",
+        type=_quantity,
+        help="size limit of the file or the unpacked archive, bytes or a quantity like 20Gi (default 64Gi)",
+    )
 
     t = sub.add_parser("tiny-model", help="write a small random-weight model with a real tokenizer")
     t.add_argument("--format", required=True, choices=["gguf", "onnx"])
@@ -77,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
         "--report", type=Path, default=Path("/dev/termination-log"), help="where to write the JSON report"
     )
     return p
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 1 << 10, "Mi": 1 << 20}
+_UNITS |= {"Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def _quantity(text: str) -> int:
+    """Bytes from `123`, `500Mi`, `20Gi`, `1T` (a Kubernetes quantity, as in cache.size)."""
+    number = text.rstrip("kMGTi")
+    unit = text[len(number) :]
+    if unit not in _UNITS or not number.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or e.g. 500Mi, 20Gi)")
+    return int(float(number) * _UNITS[unit])
 
 
 def load_settings(args: argparse.Namespace) -> RuntimeConfig:
@@ -158,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slm_runtime.server.app import create_app
+    from slm_runtime.server.guard import uvicorn_options
 
     settings = load_settings(args)
     engine = build_engine(settings)
@@ -170,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=5,
         access_log=False,
+        **uvicorn_options(settings.limits),  # connection limit, head and keep-alive timeouts
     )
     server = DrainingServer(
         config,
@@ -230,12 +250,17 @@ def DrainingServer(config: Any, drain: Any, fatal: Any) -> Any:  # noqa: N802 --
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from slm_runtime.fetch import fetch
+    from slm_runtime.fetch import DEFAULT_MAX_BYTES, fetch, redact
 
-    result = fetch(args.uri, args.dest, sha256=args.sha256, extract=args.extract, folder=args.folder)
-    log.info(
-        "%s ready at %s%s", args.uri.split("?")[0], result.path, " (cache hit)" if result.cache_hit else ""
+    result = fetch(
+        args.uri,
+        args.dest,
+        sha256=args.sha256,
+        extract=args.extract,
+        folder=args.folder,
+        max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
     )
+    log.info("%s ready at %s%s", redact(args.uri), result.path, " (cache hit)" if result.cache_hit else "")
     return EXIT_OK
 
 
@@ -283,6 +308,17 @@ def _select_provider(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _termination_message(text: str, path: Path = Path("/dev/termination-log")) -> None:
+    """Write `text` where Kubernetes reads a container's termination message (if it is there)."""
+    if not path.exists():
+        return  # not in a pod: the log line says it
+    try:
+        with path.open("w", encoding="utf-8") as f:
+            f.write(text[:4000] + "\n")
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -307,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FETCH
     except (ValidationError, OSError) as exc:
         log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_USAGE
+    except AuthConfigError as exc:  # the pod's termination message says why it will not serve
+        log.error("%s", exc)
+        _termination_message(str(exc))
         return EXIT_USAGE
     except SlmError as exc:
         log.error("%s", exc)

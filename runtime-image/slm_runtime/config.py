@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ModelFormat = Literal["gguf", "onnx", "auto"]
 HardwareClass = Literal["cpu", "gpu", "npu"]
 ProviderName = Literal["cpu", "cuda", "openvino", "qnn", "vitisai", "dml", "webgpu"]
+ClientSystemPolicy = Literal["append", "replace", "refuse"]
 
 
 class _Strict(BaseModel):
@@ -83,22 +84,85 @@ class PromptSection(_Strict):
     system: str | None = Field(None, description="System prompt prepended when a chat has none.")
     template: str | None = Field(None, description="Jinja2 chat template overriding the model's.")
     parameters: SamplingDefaults = Field(default_factory=_defaults(SamplingDefaults))
+    client_system: ClientSystemPolicy = Field(
+        "append",
+        alias="clientSystem",
+        description="What a client's own system message does when `system` is set: `append` (the "
+        "configured prompt stays first, the client's text follows it), `replace` (the client's wins) "
+        "or `refuse` (400). Without a configured `system` a client's system message is always used.",
+    )
+    allow_raw: bool | None = Field(
+        None,
+        alias="allowRaw",
+        description="Whether prompts that bypass the chat template (Ollama `raw: true`, "
+        "/v1/completions) are served. Default: only when no `system` prompt is configured.",
+    )
+
+    def raw_allowed(self) -> bool:
+        """Raw prompts skip the system prompt, so by default they are refused when one is set."""
+        return self.allow_raw if self.allow_raw is not None else not self.system
 
 
 class LimitsSection(_Strict):
-    """Admission control: beyond these a request gets 429 (OpenAI) / 503 (Ollama)."""
+    """Admission control (beyond `maxConcurrent` + `queueLength` a request gets 429 for OpenAI /
+    503 for Ollama) and the bounds that keep one hostile request or client from taking the pod
+    down: body size (413), request shape (400 naming the field) and slow or idle connections."""
 
     max_concurrent: int | None = Field(None, alias="maxConcurrent", ge=1, description="Default: parallel.")
     queue_length: int = Field(64, alias="queueLength", ge=0)
     drain_seconds: float = Field(30.0, alias="drainSeconds", ge=0)
+    max_body_bytes: int = Field(
+        4 << 20, alias="maxBodyBytes", ge=1024, description="Request body size; larger is a 413."
+    )
+    max_json_depth: int = Field(64, alias="maxJsonDepth", ge=4, le=512, description="Nesting of a body.")
+    max_messages: int = Field(1024, alias="maxMessages", ge=1, description="Messages (or input items).")
+    max_prompt_chars: int | None = Field(
+        None,
+        alias="maxPromptChars",
+        ge=1,
+        description="Characters of prompt text in one request; default: 32 per token of contextLength.",
+    )
+    max_stop: int = Field(16, alias="maxStop", ge=0, description="`stop` sequences per request.")
+    max_stop_chars: int = Field(512, alias="maxStopChars", ge=1, description="Length of one stop sequence.")
+    max_logit_bias: int = Field(1024, alias="maxLogitBias", ge=0, description="`logit_bias` entries.")
+    max_schema_bytes: int = Field(
+        65536, alias="maxSchemaBytes", ge=256, description="JSON schema size (response format, tools)."
+    )
+    max_schema_depth: int = Field(24, alias="maxSchemaDepth", ge=2, description="Nesting of a JSON schema.")
+    max_embedding_inputs: int = Field(256, alias="maxEmbeddingInputs", ge=1, description="Inputs per call.")
+    body_timeout_seconds: float = Field(
+        30.0, alias="bodyTimeoutSeconds", gt=0, description="Time to send a whole request body; else 408."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, alias="headerTimeoutSeconds", gt=0, description="Time to send the request line and headers."
+    )
+    keep_alive_seconds: float = Field(
+        5.0, alias="keepAliveSeconds", gt=0, description="Idle keep-alive connections close after this."
+    )
+    max_connections: int = Field(
+        512, alias="maxConnections", ge=1, description="Open connections + requests; beyond: 503."
+    )
+
+    def prompt_chars(self, context_length: int) -> int:
+        """The prompt-character cap: configured, else 32 characters per token of one slot."""
+        return self.max_prompt_chars or 32 * context_length
 
 
 class AuthSection(_Strict):
-    """API keys; none configured means the endpoint is open (NetworkPolicy still applies)."""
+    """API keys; none configured means the endpoint is open (NetworkPolicy still applies).
 
-    api_key_file: str | None = Field(None, alias="apiKeyFile", description="One key per line.")
+    A configured key file (or a set key variable) that yields no usable key is a start-up
+    error, never an open endpoint. The file is re-read when it changes (Secret rotation)."""
+
+    api_key_file: str | None = Field(
+        None, alias="apiKeyFile", description="One key per line, `KEY` or `ID:KEY`; `#` comments."
+    )
     api_key_env: str = Field("SLM_API_KEYS", alias="apiKeyEnv", description="Comma-separated keys.")
     protect_metrics: bool = Field(False, alias="protectMetrics")
+    min_key_length: int = Field(16, alias="minKeyLength", ge=8, description="Shorter keys are refused.")
+    reload_seconds: float = Field(
+        2.0, alias="reloadSeconds", gt=0, le=60, description="How often the key file is checked for changes."
+    )
 
 
 class ServerSection(_Strict):

@@ -27,6 +27,18 @@ class BadRequestError(SlmError):
     openai_type = "invalid_request_error"
 
 
+class PayloadTooLargeError(BadRequestError):
+    """The request body is larger than `limits.maxBodyBytes`."""
+
+    status = 413
+
+
+class RequestTimeoutError(BadRequestError):
+    """The client did not send its request body within `limits.bodyTimeoutSeconds`."""
+
+    status = 408
+
+
 class UnsupportedError(BadRequestError):
     """The loaded backend cannot do what was asked (e.g. embeddings on ONNX)."""
 
@@ -40,6 +52,10 @@ class UnauthorizedError(SlmError):
 
     status = 401
     openai_type = "authentication_error"
+
+
+class AuthConfigError(SlmError):
+    """The configured API keys are unusable (none, or too short): refuse to start, never open."""
 
 
 class ModelsDeclaredError(SlmError):

@@ -13,6 +13,20 @@ kept), and renamed into place once all are there. The optional `sha256` of a fol
 *manifest digest*: the sha256 of `sha256sum`'s output over the folder's files sorted by path, i.e.
 `cd FOLDER && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`.
 `HF_ENDPOINT` replaces https://huggingface.co (a mirror, or a test server).
+
+Pin what you fetch: `hf://org/repo@<40-hex commit>/file` fetches that commit's file, whatever is
+pushed to the repo later (a branch or tag name is logged as unpinned); `sha256` pins the bytes.
+
+A model file is code (a chat template runs, an ONNX graph names libraries), so:
+* without a checksum a partial `.part` is never resumed (its first half could be another
+  version's): the download starts over;
+* redirects are followed only to https URLs (http -> https upgrades included), at most 10;
+* `max_bytes` (the operator passes the cache size; default `DEFAULT_MAX_BYTES`) stops an
+  endless download and an archive bomb (the sum of the archive's members);
+* an archive may hold no link that points outside the folder it becomes, after its top folder
+  is unwrapped (tarfile's `data` filter checks only against the extraction folder);
+* credentials in a URI (`https://user:pass@host/...`, `?token=...`, signed query strings) never
+  reach a log line or an error message: both use `redact(uri)`.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -40,6 +55,23 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _ATTEMPTS = 4
 _MARKER = ".slm-fetch.json"  # in an extracted folder: the archive's sha256, for cache hits
+_MAX_REDIRECTS = 10
+_MAX_MEMBERS = 100_000
+DEFAULT_MAX_BYTES = 64 << 30
+"""The size cap of a fetch (a file, or an archive's unpacked members) when none is given."""
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def redact(uri: str) -> str:
+    """`uri` without credentials: no user/password, no query string (tokens, signatures)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -54,12 +86,26 @@ def hf_url(uri: str) -> str:
     rest = uri.removeprefix("hf://")
     parts = rest.split("/")
     if len(parts) < 3 or not all(parts):
-        raise FetchError(f"hf:// URI must be hf://org/repo[@revision]/path/to/file, got {uri!r}")
+        raise FetchError(f"hf:// URI must be hf://org/repo[@revision]/path/to/file, got {redact(uri)!r}")
     org, repo, path = parts[0], parts[1], "/".join(parts[2:])
     repo, _, revision = repo.partition("@")
     revision = revision or "main"
+    _note_pin(org, repo, revision)
     quoted = urllib.parse.quote(path)
     return f"https://huggingface.co/{org}/{repo}/resolve/{urllib.parse.quote(revision, safe='')}/{quoted}"
+
+
+def _quiet_http_logs() -> None:
+    """httpx logs every request's full URL at INFO (user:password and query tokens included), and
+    httpcore its headers at DEBUG (Authorization): ours, redacted, are the only request logs."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+
+
+def _note_pin(org: str, repo: str, revision: str) -> None:
+    if not _COMMIT.fullmatch(revision):
+        log.info("hf://%s/%s@%s is not pinned to a commit (hf://org/repo@<commit>/...)", org, repo, revision)
 
 
 def sha256_of(path: Path) -> str:
@@ -78,9 +124,12 @@ def fetch(
     extract: bool = False,
     folder: bool = False,
     client: httpx.Client | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> FetchResult:
     """Fetch `uri` to `dest`: a file, with `extract` a folder unpacked from a tar archive, with
-    `folder` an `hf://` folder fetched file by file (`sha256` is then the manifest digest)."""
+    `folder` an `hf://` folder fetched file by file (`sha256` is then the manifest digest).
+    At most `max_bytes` are written (per file, and for an archive's members together)."""
+    _quiet_http_logs()
     expected = sha256.lower() if sha256 else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     scheme = urllib.parse.urlsplit(uri).scheme
@@ -88,11 +137,11 @@ def fetch(
         return _tiny(uri, dest)
     if folder:
         if scheme != "hf":
-            raise FetchError(f"folder fetches need an hf:// URI, got {uri!r}")
+            raise FetchError(f"folder fetches need an hf:// URI, got {redact(uri)!r}")
         own = client is None
         http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0))
         try:
-            return _fetch_hf_folder(http, uri, dest, expected)
+            return _fetch_hf_folder(http, uri, dest, expected, max_bytes)
         finally:
             if own:
                 http.close()
@@ -102,7 +151,9 @@ def fetch(
         return FetchResult(dest, cached, True)
     target = dest.with_name(f".{dest.name}.archive") if extract else dest
     if scheme == "file":
-        digest = _copy_local(Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path)), target, expected)
+        digest = _copy_local(
+            Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path)), target, expected, max_bytes
+        )
     elif scheme in ("http", "https", "hf"):
         url = hf_url(uri) if scheme == "hf" else uri
         headers = {}
@@ -112,14 +163,14 @@ def fetch(
         own = client is None
         http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0))
         try:
-            digest = _download(http, url, target, expected, headers)
+            digest = _download(http, url, target, expected, headers, max_bytes=max_bytes)
         finally:
             if own:
                 http.close()
     else:
         raise FetchError(f"unsupported URI scheme {scheme!r} (use https, http, hf, file or tiny)")
     if extract:
-        _extract(target, dest, digest)
+        _extract(target, dest, digest, max_bytes)
     return FetchResult(dest, digest, False)
 
 
@@ -151,13 +202,19 @@ def _commit(part: Path, dest: Path) -> None:
     os.replace(part, dest)
 
 
-def _copy_local(source: Path, dest: Path, expected: str | None) -> str:
+def _copy_local(source: Path, dest: Path, expected: str | None, max_bytes: int) -> str:
     if not source.is_file():
         raise FetchError(f"no such file: {source}")
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
+    copied = 0
     with source.open("rb") as src, part.open("wb") as out:
         while chunk := src.read(_CHUNK):
+            copied += len(chunk)
+            if copied > max_bytes:
+                out.close()
+                part.unlink(missing_ok=True)
+                raise FetchError(f"{source} is larger than the limit of {max_bytes} bytes")
             digest.update(chunk)
             out.write(chunk)
     _verify(part, digest.hexdigest(), expected)
@@ -166,15 +223,23 @@ def _copy_local(source: Path, dest: Path, expected: str | None) -> str:
 
 
 def _download(
-    client: httpx.Client, url: str, dest: Path, expected: str | None, headers: dict[str, str]
+    client: httpx.Client,
+    url: str,
+    dest: Path,
+    expected: str | None,
+    headers: dict[str, str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> str:
     part = dest.with_name(dest.name + ".part")
-    safe_url = urllib.parse.urlsplit(url)._replace(query="").geturl()  # no signed query strings in logs
+    safe_url = redact(url)  # no credentials or signed query strings in logs
     with _exclusive(dest.with_name(f".{dest.name}.lock")):
         if expected is not None and dest.is_file() and sha256_of(dest) == expected:
             log.info("%s was downloaded by another pod meanwhile", dest)
             return expected
-        return _download_locked(client, url, safe_url, part, dest, expected=expected, headers=headers)
+        return _download_locked(
+            client, url, safe_url, part, dest, expected=expected, headers=headers, max_bytes=max_bytes
+        )
 
 
 @contextlib.contextmanager
@@ -201,11 +266,17 @@ def _download_locked(
     *,
     expected: str | None,
     headers: dict[str, str],
+    max_bytes: int,
 ) -> str:
+    if expected is None and part.exists():  # nothing to prove the old half belongs to these bytes
+        log.info("discarding a partial download of %s: without a sha256 it is not resumed", safe_url)
+        part.unlink()
     last_error: Exception | None = None
     for attempt in range(1, _ATTEMPTS + 1):
+        if expected is None:
+            part.unlink(missing_ok=True)
         try:
-            digest = _download_once(client, url, safe_url, part, headers)
+            digest = _download_once(client, url, safe_url, part, headers, max_bytes=max_bytes)
         except (httpx.TransportError, _TruncatedError) as exc:
             last_error = exc
             log.warning("download of %s interrupted (attempt %d/%d): %s", safe_url, attempt, _ATTEMPTS, exc)
@@ -223,13 +294,41 @@ class _TruncatedError(Exception):
     """The server closed the body before Content-Length bytes arrived."""
 
 
-def _download_once(client: httpx.Client, url: str, safe_url: str, part: Path, headers: dict[str, str]) -> str:
+def _get(client: httpx.Client, url: str, safe_url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET `url` streamed, following redirects only to https URLs (see the module docstring).
+
+    httpx builds each next request (`next_request`), dropping Authorization when the origin
+    changes, as its own redirect handling does."""
+    request = client.build_request("GET", url, headers=headers)
+    for _ in range(_MAX_REDIRECTS + 1):
+        response = client.send(request, stream=True, follow_redirects=False)
+        if not response.is_redirect or response.next_request is None:
+            return response
+        response.close()
+        request = response.next_request
+        if request.url.scheme != "https":
+            raise FetchError(
+                f"GET {safe_url}: refusing a redirect to a non-https URL ({redact(str(request.url))})"
+            )
+    raise FetchError(f"GET {safe_url}: more than {_MAX_REDIRECTS} redirects")
+
+
+def _download_once(
+    client: httpx.Client,
+    url: str,
+    safe_url: str,
+    part: Path,
+    headers: dict[str, str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> str:
     have = part.stat().st_size if part.exists() else 0
     digest = hashlib.sha256()
     request_headers = {**headers, "Accept-Encoding": "identity"}  # bytes on disk = bytes hashed
     if have:
         request_headers["Range"] = f"bytes={have}-"
-    with client.stream("GET", url, headers=request_headers) as response:
+    response = _get(client, url, safe_url, request_headers)
+    with contextlib.closing(response):
         if response.status_code == 416 and have:  # nothing past what we have: start over
             part.unlink()
             raise _TruncatedError("server refused the range; restarting")
@@ -245,13 +344,20 @@ def _download_once(client: httpx.Client, url: str, safe_url: str, part: Path, he
             have, mode = 0, "wb"
         length = response.headers.get("content-length")
         total = have + int(length) if length and length.isdigit() else None
+        if total is not None and total > max_bytes:
+            part.unlink(missing_ok=True)
+            raise FetchError(f"GET {safe_url}: {total} bytes is more than the limit of {max_bytes}")
         received = have
         last_log = time.monotonic()
         with part.open(mode) as out:
             for chunk in response.iter_raw():  # as it arrives: a dropped connection loses nothing
+                received += len(chunk)
+                if received > max_bytes:  # no Content-Length, or a server sending more than it said
+                    out.close()
+                    part.unlink(missing_ok=True)
+                    raise FetchError(f"GET {safe_url}: more than the limit of {max_bytes} bytes")
                 digest.update(chunk)
                 out.write(chunk)
-                received += len(chunk)
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
                     pct = f" ({100 * received / total:.0f}%)" if total else ""
@@ -261,7 +367,7 @@ def _download_once(client: httpx.Client, url: str, safe_url: str, part: Path, he
     return digest.hexdigest()
 
 
-def _extract(archive: Path, dest: Path, digest: str) -> None:
+def _extract(archive: Path, dest: Path, digest: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Unpack into a temp folder beside `dest`, then rename it into place."""
     tmp = dest.with_name(f".{dest.name}.extracting")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -269,11 +375,18 @@ def _extract(archive: Path, dest: Path, digest: str) -> None:
     try:
         try:
             with tarfile.open(archive) as tar:
+                _check_members(tar, archive.name, max_bytes)
                 tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', devices
         except (tarfile.TarError, OSError) as exc:
             raise FetchError(f"cannot extract {archive.name}: {exc}") from exc
         entries = list(tmp.iterdir())
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp  # unwrap a top folder
+        escaping = links_outside(root)
+        if escaping:
+            raise FetchError(
+                f"cannot extract {archive.name}: links point outside the model folder: "
+                + ", ".join(escaping[:5])
+            )
         (root / _MARKER).write_text(json.dumps({"sha256": digest}))
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
@@ -282,6 +395,36 @@ def _extract(archive: Path, dest: Path, digest: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)
     log.info("extracted archive into %s", dest)
+
+
+def _check_members(tar: tarfile.TarFile, name: str, max_bytes: int) -> None:
+    """Refuse an archive bomb before writing: too many members, or more bytes than allowed.
+
+    Reads the member headers only (a gzip stream is decompressed once to list them)."""
+    total = 0
+    for count, member in enumerate(tar, 1):
+        if count > _MAX_MEMBERS:
+            raise FetchError(f"cannot extract {name}: more than {_MAX_MEMBERS} members")
+        total += max(0, member.size)
+        if total > max_bytes:
+            raise FetchError(
+                f"cannot extract {name}: its members hold more than {max_bytes} bytes (the limit)"
+            )
+
+
+def links_outside(root: Path) -> list[str]:
+    """Pure over the file tree: symlinks under `root` whose target resolves outside `root`."""
+    top = root.resolve()
+    bad: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in (*dirnames, *filenames):
+            path = Path(dirpath) / entry
+            if not path.is_symlink():
+                continue
+            target = (path.parent / os.readlink(path)).resolve()
+            if target != top and top not in target.parents:
+                bad.append(str(path.relative_to(root)))
+    return sorted(bad)
 
 
 @dataclass(frozen=True)
@@ -302,8 +445,9 @@ def parse_hf_uri(uri: str) -> tuple[str, str, str, str]:
     """`hf://org/repo[@revision]/path` -> (org, repo, revision, path)."""
     parts = uri.removeprefix("hf://").split("/")
     if len(parts) < 3 or not all(parts[:2]) or not "/".join(parts[2:]).strip("/"):
-        raise FetchError(f"hf:// URI must be hf://org/repo[@revision]/path, got {uri!r}")
+        raise FetchError(f"hf:// URI must be hf://org/repo[@revision]/path, got {redact(uri)!r}")
     repo, _, revision = parts[1].partition("@")
+    _note_pin(parts[0], repo, revision or "main")
     return parts[0], repo, revision or "main", "/".join(parts[2:]).strip("/")
 
 
@@ -366,7 +510,9 @@ def _hub_listing(
     return entries
 
 
-def _fetch_hf_folder(client: httpx.Client, uri: str, dest: Path, expected: str | None) -> FetchResult:
+def _fetch_hf_folder(
+    client: httpx.Client, uri: str, dest: Path, expected: str | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FetchResult:
     marker = dest / _MARKER
     if marker.is_file():
         recorded = str(json.loads(marker.read_text()).get("manifest_sha256", ""))
@@ -379,7 +525,9 @@ def _fetch_hf_folder(client: httpx.Client, uri: str, dest: Path, expected: str |
         _hub_listing(client, org, repo, revision=revision, folder=folder, headers=headers), folder
     )
     if not files:
-        raise FetchError(f"no files under {uri}")
+        raise FetchError(f"no files under {redact(uri)}")
+    if sum(f.size for f in files) > max_bytes:
+        raise FetchError(f"{redact(uri)} holds more than the limit of {max_bytes} bytes")
     staging = dest.with_name(f".{dest.name}.partial")  # kept across restarts: finished files stay
     digests: dict[str, str] = {}
     for f in files:
@@ -390,19 +538,21 @@ def _fetch_hf_folder(client: httpx.Client, uri: str, dest: Path, expected: str |
             continue
         quoted = urllib.parse.quote(f"{folder}/{f.path}")
         url = f"{hf_endpoint()}/{org}/{repo}/resolve/{urllib.parse.quote(revision, safe='')}/{quoted}"
-        digests[f.path] = _download(client, url, target, f.sha256, headers)
+        digests[f.path] = _download(client, url, target, f.sha256, headers, max_bytes=max_bytes)
         if f.sha256 is None and git_blob_id(target) != f.git_oid:
             target.unlink()
             raise ChecksumError(f"{f.path}: git blob id mismatch: expected {f.git_oid}, got another")
     manifest = manifest_digest(digests)
     if expected is not None and manifest != expected:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ChecksumError(f"manifest digest mismatch for {uri}: expected {expected}, got {manifest}")
-    (staging / _MARKER).write_text(json.dumps({"manifest_sha256": manifest, "uri": uri}))
+        raise ChecksumError(
+            f"manifest digest mismatch for {redact(uri)}: expected {expected}, got {manifest}"
+        )
+    (staging / _MARKER).write_text(json.dumps({"manifest_sha256": manifest, "uri": redact(uri)}))
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
     staging.rename(dest)
-    log.info("fetched %d files of %s into %s (manifest %s)", len(files), uri, dest, manifest)
+    log.info("fetched %d files of %s into %s (manifest %s)", len(files), redact(uri), dest, manifest)
     return FetchResult(dest, manifest, False)
 
 

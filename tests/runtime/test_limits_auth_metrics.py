@@ -111,8 +111,8 @@ def test_non_streaming_disconnect_cancels_generation(serve: ServerFactory) -> No
 
 def test_api_keys(serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keyfile = tmp_path / "keys"
-    keyfile.write_text("# comment\nfile-key\n")
-    monkeypatch.setenv("TEST_SLM_KEYS", "env-key-1, env-key-2")
+    keyfile.write_text("# comment\nfile-key-0123456789\n")
+    monkeypatch.setenv("TEST_SLM_KEYS", "env-key-1-0123456789, env-key-2-0123456789")
     server = serve(auth={"apiKeyFile": str(keyfile), "apiKeyEnv": "TEST_SLM_KEYS"})
     url = server.url
     # OpenAI format without / with a wrong key
@@ -129,19 +129,21 @@ def test_api_keys(serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.Monk
         ollama.Client(host=url).list()
     assert err.value.status_code == 401
     # right keys, each source, both headers
-    assert [m.id for m in openai.OpenAI(base_url=f"{url}/v1", api_key="file-key").models.list()] == [MODEL]
-    assert ollama.Client(host=url, headers={"Authorization": "Bearer env-key-2"}).list().models
-    assert httpx.get(f"{url}/api/tags", headers={"x-api-key": "env-key-1"}).status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="file-key-0123456789")
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert ollama.Client(host=url, headers={"Authorization": "Bearer env-key-2-0123456789"}).list().models
+    assert httpx.get(f"{url}/api/tags", headers={"x-api-key": "env-key-1-0123456789"}).status_code == 200
     # exempt
     for path in ("/healthz", "/readyz", "/metrics"):
         assert httpx.get(f"{url}{path}").status_code == 200, path
 
 
 def test_protected_metrics(serve: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_SLM_KEYS2", "k")
+    monkeypatch.setenv("TEST_SLM_KEYS2", "metrics-key-0123456789")
     server = serve(auth={"apiKeyEnv": "TEST_SLM_KEYS2", "protectMetrics": True})
     assert httpx.get(f"{server.url}/metrics").status_code == 401
-    assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+    key = {"Authorization": "Bearer metrics-key-0123456789"}
+    assert httpx.get(f"{server.url}/metrics", headers=key).status_code == 200
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
@@ -151,12 +153,16 @@ def test_config_prompt_defaults_apply_and_requests_win(serve: ServerFactory) -> 
     out = c.generate(model=MODEL, prompt="hi")
     assert out.eval_count == 3  # numPredict default
     assert c.generate(model=MODEL, prompt="hi", options={"num_predict": 5}).eval_count == 5
-    # the system prompt was added: more prompt tokens than the same chat with an explicit short system
-    short = c.chat(
+    # the configured system prompt is the operator's: a client's own system text follows it
+    # (prompt.clientSystem: append, the default) instead of replacing it, so that chat has more
+    # prompt tokens than the one with the configured prompt alone (a replaced one had fewer)
+    plain = c.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    appended = c.chat(
         model=MODEL, messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]
     )
-    assert out.prompt_eval_count and short.prompt_eval_count
-    assert out.prompt_eval_count > short.prompt_eval_count
+    assert out.prompt_eval_count and appended.prompt_eval_count
+    assert plain.prompt_eval_count == out.prompt_eval_count
+    assert appended.prompt_eval_count > out.prompt_eval_count
     assert out.response == c.generate(model=MODEL, prompt="hi").response  # temperature 0 default: greedy
 
 

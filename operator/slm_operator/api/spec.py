@@ -31,7 +31,7 @@ from slm_operator.api.common import (
     map_cel,
     model_config,
 )
-from slm_runtime.config import ProviderName  # the runtime config's list: one definition for both
+from slm_runtime.config import ClientSystemPolicy, ProviderName  # the runtime config's lists: one definition
 
 HardwareClass = Literal["npu", "gpu", "cpu"]
 ModelFormat = Literal["gguf", "onnx"]
@@ -312,6 +312,17 @@ class PromptSpec(ApiModel):
     system: str | None = Field(None, description="System prompt used when a chat brings none.")
     template: str | None = Field(None, description="Jinja2 chat template overriding the model's own.")
     parameters: SamplingParameters | None = Field(None, description="Default sampling parameters.")
+    client_system: ClientSystemPolicy | None = Field(
+        None,
+        description="What a client's own system message does when `system` is set: append (default: "
+        "the configured prompt stays first, the client's text follows), replace (the client's wins), "
+        "or refuse (400).",
+    )
+    allow_raw: bool | None = Field(
+        None,
+        description="Serve prompts that bypass the chat template and so the system prompt (Ollama "
+        "`raw: true`, /v1/completions). Default: only when `system` is not set.",
+    )
 
 
 class AutoscalingSpec(ApiModel):

@@ -68,6 +68,8 @@ def runtime_config(ctx: RenderContext) -> RuntimeConfig:
             system=prompt.system if prompt else None,
             template=prompt.template if prompt else None,
             parameters=SamplingDefaults.model_validate(sampling),
+            clientSystem=(prompt.client_system if prompt else None) or "append",
+            allowRaw=prompt.allow_raw if prompt else None,
         ),
         auth=auth,
         server=ServerSection(port=RUNTIME_PORT),

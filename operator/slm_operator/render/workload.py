@@ -56,6 +56,8 @@ def _fetch_container(ctx: RenderContext) -> dict[str, Any]:
     args = ["fetch", "--uri", variant.uri]
     if variant.sha256:
         args += ["--sha256", variant.sha256.lower()]
+    if ctx.spec.cache.size:  # the fetch stops at what the cache can hold (an endless download)
+        args += ["--max-bytes", str(ctx.spec.cache.size)]
     args += ["--dest", ctx.model_path]
     if is_archive(variant.uri):
         args.append("--extract")

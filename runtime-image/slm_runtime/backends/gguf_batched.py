@@ -42,6 +42,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -250,6 +251,11 @@ class BatchedGGUFEngine:
         self._embed_ctx: Any = None
         self._embed_batch: _BatchBuffer | None = None
         self.capabilities = Capabilities(embeddings=True, grammar=True, logit_bias=True, gbnf=True)
+        # Tokenizing and JSON schema -> GBNF off the event loop (a long prompt or schema must not
+        # stall other requests or /healthz). Not the scheduler thread either: llama_tokenize reads
+        # the vocabulary only (no ggml graph, no OpenMP team), which is why it always ran beside
+        # decoding, on the event loop's thread until now; llama-server tokenizes on its HTTP threads.
+        self._prep = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-tokenize")
 
     # ---- Engine protocol -------------------------------------------------------------------
 
@@ -296,13 +302,18 @@ class BatchedGGUFEngine:
     async def close(self) -> None:
         """Abort running sequences, free native memory and stop the scheduler thread."""
         if self._thread.is_alive() and not self._closed:
+            # no tokenizing may run while the model is freed
+            prep = self._prep
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: prep.shutdown(wait=True, cancel_futures=True)
+            )
             await self._call(self._free)
             self._inbox.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     async def count_tokens(self, text: str) -> int:
         self._require_loaded()
-        return len(self.tokenize_prompt(text))
+        return len(await asyncio.get_running_loop().run_in_executor(self._prep, self.tokenize_prompt, text))
 
     async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> EmbeddingResult:
         """Pooled embeddings, computed on the scheduler thread between two decode steps."""
@@ -329,9 +340,11 @@ class BatchedGGUFEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Queue `request` for a slot; yield its events. Closing the iterator early cancels it."""
         self._require_loaded()
-        # Tokenising reads the vocabulary only (no OpenMP, no context), so it runs here and a
-        # too-long prompt fails before the response starts.
-        prompt = self.tokenize_prompt(request.prompt) or [self._bos_or_zero()]
+        # Tokenising reads the vocabulary only (no OpenMP, no context), so it runs on the
+        # preparation thread (see __init__) and a too-long prompt fails before the response starts.
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(self._prep, self.tokenize_prompt, request.prompt)
+        prompt = prompt or [self._bos_or_zero()]
         limit = self._settings.context_length
         wanted = request.sampling.context_limit
         if wanted is not None and wanted > limit:
@@ -350,7 +363,9 @@ class BatchedGGUFEngine:
         if bad:
             raise BadRequestError(f"logit_bias has unknown token ids {bad[:5]}", param="logit_bias")
         # a bad schema fails here, not mid-batch
-        grammar = request.grammar or _grammar_for(request.sampling.response_format)
+        grammar = request.grammar or await loop.run_in_executor(
+            self._prep, _grammar_for, request.sampling.response_format
+        )
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         seq = _Sequence(
             request=request,

@@ -75,6 +75,7 @@ class OnnxBackend(Backend):
         if not config_path.is_file():
             raise EngineError(f"not an onnxruntime-genai model folder (no genai_config.json): {self._path}")
         genai = json.loads(config_path.read_text(encoding="utf-8"))
+        check_genai_config(self._path, genai)
         self._model, self.provider = open_model(self._path, self._providers, og=og)
         self._tokenizer = og.Tokenizer(self._model)
         eos = genai["model"].get("eos_token_id", [])
@@ -259,3 +260,39 @@ def _token_text(value: object) -> str:
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return str(value["content"])
     return ""
+
+
+_FORBIDDEN_KEYS = frozenset({"custom_ops_library"})
+"""genai_config.json keys that load native code into the runtime: refused outright."""
+
+
+def check_genai_config(folder: Path, config: Any) -> None:
+    """Refuse a model folder whose genai_config.json could reach outside it, before loading.
+
+    A model folder comes from the network: `custom_ops_library` would make onnxruntime load a
+    shared library of the folder's choosing, and a file name that is absolute, climbs with
+    `..`, or is a symlink resolving outside the folder would read files that are not the
+    model's. Every string in the config is checked (the schema grows; names are not a list we
+    could keep complete); a plain value such as `"cpu"` passes, as it names nothing outside.
+    """
+    top = folder.resolve()
+    stack: list[tuple[str, Any]] = [("", config)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}.{key}" if where else str(key)
+                if key in _FORBIDDEN_KEYS:
+                    raise EngineError(
+                        f"genai_config.json sets {path}: loading native code from a model is refused"
+                    )
+                stack.append((path, value))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", value) for i, value in enumerate(node))
+        elif isinstance(node, str) and node:
+            candidate = Path(node)
+            if candidate.is_absolute() or ".." in candidate.parts or node.startswith("~"):
+                raise EngineError(f"genai_config.json {where} = {node!r} points outside the model folder")
+            resolved = (folder / candidate).resolve()
+            if (folder / candidate).exists() and resolved != top and top not in resolved.parents:
+                raise EngineError(f"genai_config.json {where} = {node!r} resolves outside the model folder")

@@ -20,6 +20,7 @@ from slm_runtime.errors import SlmError
 from slm_runtime.server import ollama, openai, responses
 from slm_runtime.server.auth import ApiKeyMiddleware, load_keys
 from slm_runtime.server.errors import handle_exception
+from slm_runtime.server.guard import BodyGuardMiddleware
 from slm_runtime.server.service import Service
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,7 @@ def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    keys = load_keys(settings.auth)
-    if keys:
-        log.info("API key authentication on (%d key(s))", len(keys))
+    keys = load_keys(settings.auth)  # AuthConfigError: configured but unusable keys never serve
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -67,7 +66,14 @@ def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
             *openai.routes(service),
             *responses.routes(service),
         ],
-        middleware=[Middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.auth.protect_metrics)],
+        middleware=[
+            Middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.auth.protect_metrics),
+            Middleware(
+                BodyGuardMiddleware,
+                max_bytes=settings.limits.max_body_bytes,
+                timeout=settings.limits.body_timeout_seconds,
+            ),
+        ],
         exception_handlers={
             SlmError: handle_exception,
             HTTPException: handle_exception,

@@ -252,27 +252,30 @@ def _loaded(model: str) -> JSONResponse:
 
 def routes(service: Service) -> list[BaseRoute]:
     async def generate(request: Request) -> Response:
-        body = await parse_body(request, OllamaGenerateRequest)
+        body = await parse_body(request, OllamaGenerateRequest, service.caps)
         service.resolve_model(body.model)
         if body.template:
             log.info("ignoring per-request Go template; the model's chat template is used")
         if not body.prompt and not body.system:
             return _loaded(body.model)
         if body.raw:
+            service.check_raw("raw")
             prompt = body.prompt
         else:
-            prompt = service.render_chat([{"role": "user", "content": body.prompt}], system=body.system)
+            prompt = await service.prompt_for(
+                [{"role": "user", "content": body.prompt}], system=body.system, system_field="system"
+            )
         return await _run(service, request, body, _request(service, body, prompt), lambda t: {"response": t})
 
     async def chat(request: Request) -> Response:
-        body = await parse_body(request, OllamaChatRequest)
+        body = await parse_body(request, OllamaChatRequest, service.caps)
         service.resolve_model(body.model)
         if not body.messages:
             return _loaded(body.model)
         functions = parse_functions(body.tools)
         choice = parse_tool_choice(body.tool_choice, functions)
-        prompt = service.render_chat(chat_messages(body), tools=functions, tool_choice=choice)
-        grammar = service.tool_grammar(functions, choice)
+        prompt = await service.prompt_for(chat_messages(body), tools=functions, tool_choice=choice)
+        grammar = await service.grammar_for(functions, choice)
         return await _run(
             service,
             request,
@@ -284,10 +287,12 @@ def routes(service: Service) -> list[BaseRoute]:
 
     async def embed(request: Request) -> Response:
         started = time.perf_counter_ns()
-        body = await parse_body(request, OllamaEmbedRequest)
+        body = await parse_body(request, OllamaEmbedRequest, service.caps, embedding=True)
         service.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        result = await service.embed(texts, dimensions=body.dimensions, truncate=body.truncate)
+        result = await until_disconnect(
+            request, service.embed(texts, dimensions=body.dimensions, truncate=body.truncate)
+        )
         return JSONResponse(
             {
                 "model": body.model,
@@ -299,9 +304,10 @@ def routes(service: Service) -> list[BaseRoute]:
         )
 
     async def embeddings(request: Request) -> Response:
-        body = await parse_body(request, OllamaEmbeddingsRequest)
+        body = await parse_body(request, OllamaEmbeddingsRequest, service.caps, embedding=True)
         service.resolve_model(body.model)
-        result = await service.embed([body.prompt], normalize=False)  # Ollama's legacy API: raw
+        # Ollama's legacy API: not normalised
+        result = await until_disconnect(request, service.embed([body.prompt], normalize=False))
         return JSONResponse({"embedding": result.vectors[0]})
 
     def _details(info: ModelInfo) -> dict[str, Any]:
@@ -345,7 +351,7 @@ def routes(service: Service) -> list[BaseRoute]:
         return JSONResponse({"models": [entry]})
 
     async def show(request: Request) -> Response:
-        body = await parse_body(request, OllamaShowRequest)
+        body = await parse_body(request, OllamaShowRequest, service.caps)
         info = service.resolve_model(body.model or body.name)
         p = service.settings.prompt
         params = [f"{k} {v}" for k, v in p.parameters.model_dump(exclude_none=True).items() if k != "stop"]
@@ -353,7 +359,7 @@ def routes(service: Service) -> list[BaseRoute]:
         template = p.template or info.chat_template or service.template_name
         return JSONResponse(
             {
-                "modelfile": f"FROM {info.path}\n",
+                "modelfile": f"FROM {info.name}\n",  # not the file's path: that is the pod's business
                 "parameters": "\n".join(params),
                 "template": template,
                 "system": p.system or "",
@@ -394,7 +400,7 @@ def _management_routes(service: Service) -> list[BaseRoute]:
 
     async def pull(request: Request) -> Response:
         """Pulling the served model succeeds at once (it is loaded); clients and scripts do it first."""
-        body = await parse_body(request, OllamaPullRequest)
+        body = await parse_body(request, OllamaPullRequest, service.caps)
         name = body.model or body.name
         served = service.settings.model.name
         if name not in (served, f"{served}:latest"):

@@ -371,14 +371,14 @@ def _floats_b64(vector: list[float]) -> str:
 
 def routes(service: Service) -> list[BaseRoute]:
     async def chat_completions(request: Request) -> Response:
-        body = await parse_body(request, OpenAIChatRequest)
+        body = await parse_body(request, OpenAIChatRequest, service.caps)
         service.resolve_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise BadRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
         functions = parse_functions(body.tools)
         choice = parse_tool_choice(body.tool_choice, functions)
-        prompt = service.render_chat(chat_messages(body), tools=functions, tool_choice=choice)
-        grammar = service.tool_grammar(functions, choice)
+        prompt = await service.prompt_for(chat_messages(body), tools=functions, tool_choice=choice)
+        grammar = await service.grammar_for(functions, choice)
         k = (body.top_logprobs or 0) if body.logprobs else None
         gens = _requests(
             service, body, prompt, body.max_completion_tokens or body.max_tokens, k, grammar=grammar
@@ -415,8 +415,9 @@ def routes(service: Service) -> list[BaseRoute]:
         )
 
     async def completions(request: Request) -> Response:
-        body = await parse_body(request, OpenAICompletionRequest)
+        body = await parse_body(request, OpenAICompletionRequest, service.caps)
         service.resolve_model(body.model)
+        service.check_raw("prompt")  # a completion prompt skips the chat template and its system prompt
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise BadRequestError("exactly one prompt is supported", param="prompt")
@@ -448,10 +449,10 @@ def routes(service: Service) -> list[BaseRoute]:
         )
 
     async def embeddings(request: Request) -> Response:
-        body = await parse_body(request, OpenAIEmbeddingRequest)
+        body = await parse_body(request, OpenAIEmbeddingRequest, service.caps, embedding=True)
         service.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        result = await service.embed(texts, dimensions=body.dimensions)
+        result = await until_disconnect(request, service.embed(texts, dimensions=body.dimensions))
         data = [
             {
                 "object": "embedding",

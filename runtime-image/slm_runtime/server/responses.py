@@ -344,14 +344,16 @@ def _sse(event: Mapping[str, Any]) -> str:
 
 def routes(service: Service) -> list[BaseRoute]:
     async def create(request: Request) -> Response:
-        body = await parse_body(request, ResponsesRequest)
+        body = await parse_body(request, ResponsesRequest, service.caps)
         service.resolve_model(body.model)
         functions = functions_of(body.tools)
         choice = parse_tool_choice(body.tool_choice, functions)
-        prompt = service.render_chat(conversation(body), tools=functions, tool_choice=choice)
+        prompt = await service.prompt_for(
+            conversation(body), system_field="instructions", tools=functions, tool_choice=choice
+        )
         gen = GenerationRequest(
             prompt=prompt,
-            grammar=service.tool_grammar(functions, choice),
+            grammar=await service.grammar_for(functions, choice),
             sampling=service.sampling(
                 max_tokens=body.max_output_tokens,
                 temperature=body.temperature,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from slm_runtime.backends.base import (
     EmbeddingResult,
@@ -36,6 +37,7 @@ from slm_runtime.errors import (
     TemplateError,
     UnsupportedError,
 )
+from slm_runtime.server.caps import RequestCaps
 from slm_runtime.server.limits import Limiter
 from slm_runtime.server.metrics import Metrics
 from slm_runtime.server.tools import GENERIC, Function, ToolChoice, ToolFormat, call_grammar, detect_format
@@ -46,8 +48,7 @@ log = logging.getLogger(__name__)
 
 NO_TOOLS = ToolChoice("none")
 
-UNLIMITED = 1 << 31
-"""`max_tokens` when neither request nor config sets one: generation stops at the context end."""
+T = TypeVar("T")
 
 
 class Service:
@@ -66,6 +67,11 @@ class Service:
         self._template: ChatTemplate | BuiltinChatTemplate | None = None
         self.tool_format: ToolFormat = GENERIC
         self._load_task: asyncio.Task[None] | None = None
+        self.caps = RequestCaps.from_limits(limits, settings.runtime.context_length)
+        # Template rendering and grammar building are pure Python but unbounded in CPU by the
+        # input: they run here, never on the event loop. One worker: they are short once the
+        # request is within `caps`, and more would only compete with the decode thread.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-prep")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,6 +119,44 @@ class Service:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.engine.close()
+        self._prep.shutdown(wait=False, cancel_futures=True)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the preparation thread (never llama.cpp: that is the engine's)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._prep, lambda: fn(*args, **kwargs))
+
+    async def prompt_for(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        system_field: str = "messages",
+        tools: Sequence[Function] = (),
+        tool_choice: ToolChoice = NO_TOOLS,
+    ) -> str:
+        """`render_chat` off the event loop (a template can be slow on a large conversation)."""
+        return await self.off_loop(
+            self.render_chat,
+            messages,
+            system=system,
+            system_field=system_field,
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+
+    async def grammar_for(self, tools: Sequence[Function], tool_choice: ToolChoice) -> str | None:
+        """`tool_grammar` off the event loop (JSON schema -> GBNF grows with the tools' schemas)."""
+        return await self.off_loop(self.tool_grammar, tools, tool_choice)
+
+    def check_raw(self, field: str) -> None:
+        """Refuse a prompt that bypasses the chat template (and so the system prompt) unless allowed."""
+        if not self.settings.prompt.raw_allowed():
+            raise BadRequestError(
+                f"'{field}' prompts bypass this deployment's system prompt and are not allowed "
+                "(spec.prompt.allowRaw)",
+                param=field,
+            )
 
     @property
     def ready(self) -> bool:
@@ -152,22 +196,29 @@ class Service:
         messages: Sequence[Mapping[str, Any]],
         *,
         system: str | None = None,
+        system_field: str = "messages",
         tools: Sequence[Function] = (),
         tool_choice: ToolChoice = NO_TOOLS,
     ) -> str:
-        """Prompt for a conversation; the configured system prompt fills in when none is given.
+        """Prompt for a conversation, with the system prompt as `prompt.clientSystem` says.
+
+        The configured `prompt.system` is the operator's: by default (`append`) it stays first
+        and a client's own system text (`system`, or system messages) follows it; `replace`
+        lets the client's win; `refuse` answers 400 naming `system_field`. Without a configured
+        prompt the client's is used as sent.
 
         Messages may carry tool calls and tool results (`tools.for_template` shapes them); `tools`
         go to the template as its `tools` variable, or into the system prompt when the template
         has no tool format of its own.
         """
         fmt = self.tool_format
-        msgs = tool_messages_for_template(messages, fmt)
-        default_system = system if system is not None else self.settings.prompt.system
-        if default_system and not any(m.get("role") == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": default_system})
-        elif system is not None:
-            msgs = [{"role": "system", "content": system}] + [m for m in msgs if m.get("role") != "system"]
+        msgs = system_messages(
+            tool_messages_for_template(messages, fmt),
+            configured=self.settings.prompt.system,
+            client=system,
+            policy=self.settings.prompt.client_system,
+            field=system_field,
+        )
         extra: dict[str, Any] = {}
         if tools and tool_choice.mode != "none":
             if fmt.native:
@@ -224,6 +275,7 @@ class Service:
             return value if value is not None else default if default is not None else fallback
 
         limit = pick(max_tokens, d.num_predict, -1)
+        slot = self.settings.runtime.context_length  # neither says: at most what one slot holds
         fmt = response_format or ResponseFormat()
         if fmt.kind != "text" and not caps.grammar:
             raise UnsupportedError(
@@ -233,7 +285,7 @@ class Service:
             raise UnsupportedError("this model's backend does not support logit_bias", param="logit_bias")
         return replace(
             base,
-            max_tokens=UNLIMITED if limit < 0 else limit,
+            max_tokens=slot if limit < 0 else min(limit, slot),
             temperature=float(pick(temperature, d.temperature, base.temperature)),
             top_p=float(pick(top_p, d.top_p, base.top_p)),
             top_k=int(pick(top_k, d.top_k, base.top_k)),
@@ -301,12 +353,18 @@ class Service:
         truncate: bool = True,
     ) -> EmbeddingResult:
         """Embeddings, admitted like generations (they share the decode thread and the CPU);
-        normalised and cut to `dimensions` as the calling API promises."""
+        normalised and cut to `dimensions` as the calling API promises. The input count is
+        capped (`limits.maxEmbeddingInputs`); callers wrap this in `until_disconnect`, so a
+        client that leaves releases its slot instead of holding it for nobody."""
         self.info  # noqa: B018 -- 503 while loading
         if not self.engine.capabilities.embeddings:
             raise UnsupportedError("this model's backend does not support embeddings")
         if not texts:
             raise BadRequestError("input must not be empty", param="input")
+        if len(texts) > self.caps.max_embedding_inputs:
+            raise BadRequestError(
+                f"input has {len(texts)} texts; at most {self.caps.max_embedding_inputs}", param="input"
+            )
         slot = await self._admit()
         try:
             result = await self.engine.embed(texts, truncate=truncate)
@@ -336,3 +394,36 @@ async def first_and_rest(
     """Pull the first event before the response starts, so early errors get a real status code."""
     first = await anext(events)
     return first, events
+
+
+def system_messages(
+    msgs: list[dict[str, Any]],
+    *,
+    configured: str | None,
+    client: str | None,
+    policy: str,
+    field: str,
+) -> list[dict[str, Any]]:
+    """The conversation with its system message per the policy (see `Service.render_chat`).
+
+    `client` is a request's separate system field (Ollama's `system`); system messages inside
+    `msgs` count as the client's too. Pure, so the policy is tested without a model.
+    """
+    if client is not None:
+        msgs = [{"role": "system", "content": client}] + [m for m in msgs if m.get("role") != "system"]
+    theirs = [m for m in msgs if m.get("role") == "system"]
+    if not configured:
+        return msgs
+    if not theirs:
+        return [{"role": "system", "content": configured}, *msgs]
+    if policy == "replace":
+        return msgs
+    if policy == "refuse":
+        raise BadRequestError(
+            f"this deployment sets the system prompt; '{field}' may not carry one "
+            "(prompt.clientSystem: refuse)",
+            param=field,
+        )
+    text = "\n\n".join([configured, *(str(m.get("content") or "") for m in theirs)]).strip()
+    rest = [m for m in msgs if m.get("role") != "system"]
+    return [{"role": "system", "content": text}, *rest]
