@@ -82,7 +82,7 @@ if path != "-":
     while chunk := s.recv(65536):
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    status, body = int(head.split()[1]), rest.decode(errors="replace")[:4000]
+    status, body = int(head.split()[1]), rest.decode(errors="replace")
 print(json.dumps({"connected": True, "status": status, "body": body}))
 """
 
