@@ -39,6 +39,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -1046,7 +1047,7 @@ def clean_iptables(before: dict[str, list[str]] | None) -> None:
         text = run("iptables-save", "-t", table, check=False, quiet=True)
         for line in text.splitlines():
             if line.startswith("-A ") and any(f"-j {c}" in line for c in new):
-                parts = line.split()
+                parts = shlex.split(line)  # comments are quoted and hold spaces (kube-router's do)
                 if parts[1] not in new:
                     run("iptables", "-t", table, "-D", *parts[1:], check=False, quiet=True)
         for c in new:
