@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # metrics-server for the real node (hack/real-node): the HPA's CPU metrics, built from its own module
 METRICS_SERVER := sigs.k8s.io/metrics-server/cmd/metrics-server@v0.8.0
+# the real node's NetworkPolicy enforcer (--run-firewall only); v2.1.0 is the one version the Go proxy serves
+KUBE_ROUTER := github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@v2.1.0
 
 .PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models test-deps
 
@@ -22,6 +24,7 @@ bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm..., argocd-lua into b
 	bash hack/build-bins.sh
 	bash hack/build-argocd-lua.sh
 	bash hack/build-go-tool.sh metrics-server $(METRICS_SERVER)
+	bash hack/build-go-tool.sh kube-router $(KUBE_ROUTER)
 
 test-deps: ## as root: the Debian packages of the real-node e2e (containerd, runc, CNI, buildah); else says what won't run
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -26,11 +26,12 @@ log() { echo "real-node demo: $*" >&2; }
 
 missing=()
 [ "$(id -u)" = 0 ] || missing+=("root")
-for t in containerd runc ctr buildah debootstrap iptables gcc openssl; do
+for t in containerd runc ctr buildah debootstrap iptables ipset gcc openssl; do
   command -v "$t" >/dev/null || missing+=("$t (bash hack/real-node/install-deps.sh)")
 done
 [ -x /usr/lib/cni/bridge ] || missing+=("CNI plugins (bash hack/real-node/install-deps.sh)")
 [ -x "$ROOT/bin/kubelet" ] || missing+=("bin/kubelet (bash hack/build-bins.sh)")
+[ -x "$ROOT/bin/kube-router" ] || missing+=("bin/kube-router (make bins)")
 if [ "${1:-}" = --check ]; then
   if [ ${#missing[@]} -gt 0 ]; then printf 'missing: %s\n' "${missing[@]}" >&2; exit 1; fi
   exit 0

@@ -3,12 +3,13 @@
 #   containerd + runc            the container runtime (containerd 1.6.20 in bookworm speaks CRI v1)
 #   containernetworking-plugins  bridge, host-local, portmap, loopback CNI plugins
 #   iptables + conntrack         kube-proxy's iptables mode; CNI portmap/masquerade
+#   ipset                        kube-router's NetworkPolicy firewall (peer sets)
 #   buildah                      builds runtime-image/Dockerfile without a Docker engine
 #   debootstrap                  makes the local base image (no registry is reachable)
 #   socat, ethtool, iproute2     kubelet/kube-proxy helpers
 # apt-get update runs only when a package is missing. Needs root.
 set -euo pipefail
-PKGS=(containerd runc containernetworking-plugins iptables conntrack buildah debootstrap
+PKGS=(containerd runc containernetworking-plugins iptables conntrack ipset buildah debootstrap
       socat ethtool iproute2 ca-certificates)
 [ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One REAL worker node (kubelet + containerd + runc + CNI + kube-proxy) on the local control plane.
 
-    hack/real-node/up       start containerd, kubelet and kube-proxy; wait until the node is Ready
+    hack/real-node/up       start containerd, kubelet, kube-proxy, kube-router (NetworkPolicy
+                            firewall) and metrics-server; wait until the node is Ready
     hack/real-node/down     drain and delete the node, stop what `up` started (only that),
                             unmount, remove the bridge, iptables chains and cgroups `up` created
     hack/real-node/status   print what runs; exit 0 when the node is Ready
@@ -25,7 +26,8 @@ State lives in $SLM_REAL_NODE_DIR (default <repo>/.local-cluster/real-node):
     containerd/  config.toml, root/ (images, snapshots), state/ (sockets, netns mounts)
     kubelet/     config.yaml, root dir; pod-logs/
     cni/         net.d/ (the conflist), ipam/ (host-local leases)
-    logs/        containerd.log, kubelet.log, kube-proxy.log
+    kube-router/ its kubeconfig
+    logs/        containerd.log, kubelet.log, kube-proxy.log, kube-router.log, metrics-server.log
 Standard library only.
 """
 
@@ -37,6 +39,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -76,8 +79,10 @@ CNI_BIN = Path(os.environ.get("SLM_CNI_BIN_DIR", "/usr/lib/cni"))
 CGROUP_ROOT = "slm-real-node"
 UP_TIMEOUT = float(os.environ.get("SLM_REAL_NODE_UP_TIMEOUT", "180"))
 # start order; `down` stops in reverse. metrics-server serves metrics.k8s.io (the HPA's CPU and
-# memory) from this node's kubelet: the KWOK pools have no kubelet to scrape.
-COMPONENTS = ["containerd", "kubelet", "kube-proxy", "metrics-server"]
+# memory) from this node's kubelet: the KWOK pools have no kubelet to scrape. kube-router runs its
+# NetworkPolicy firewall only (iptables + ipset; no routing, no service proxy): the bridge CNI
+# enforces no policy, and without an enforcer no test could see one work.
+COMPONENTS = ["containerd", "kubelet", "kube-proxy", "kube-router", "metrics-server"]
 METRICS_SERVER_RESOLUTION = os.environ.get("SLM_METRICS_RESOLUTION", "10s")
 
 
@@ -545,6 +550,69 @@ def metrics_server_binary() -> Path:
     return path
 
 
+def kube_router_binary() -> Path:
+    path = BIN / "kube-router"
+    if not os.access(path, os.X_OK):
+        raise NodeError(f"{path} not found: run `make bins` (hack/build-go-tool.sh kube-router ...)")
+    return path
+
+
+KUBE_ROUTER_USER = "system:kube-router"
+
+
+def kube_router_objects() -> list[dict[str, Any]]:
+    """Read access to what kube-router's informers list and watch (its firewall reads pods,
+    namespaces, NetworkPolicies and its own Node; the shared informer factory also starts Service,
+    Endpoints and EndpointSlice informers). It writes nothing to the API."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    read = ["get", "list", "watch"]
+    return [
+        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "slm-real-node:kube-router"},
+         "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"],
+                    "verbs": read},
+                   {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": read},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read}]},
+        {"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "slm-real-node:kube-router"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "slm-real-node:kube-router"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}]},
+    ]  # fmt: skip
+
+
+def kube_router_args(binary: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        str(binary),
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        f"--kubeconfig={STATE / 'kube-router' / 'kubeconfig'}",
+        f"--hostname-override={NODE}",
+        # kube-router lets pod traffic to ClusterIPs pass its INPUT hook (kube-proxy DNATs it to a
+        # pod IP first, and the policy of that pod then applies)
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--enable-ipv6=false",
+        f"--health-port={ports['kube_router_health']}",
+        "--metrics-port=0",
+        # a full resync now and then; policy and pod changes resync at once (rate-limited)
+        "--iptables-sync-period=30s",
+        "--v=1",
+    ]
+
+
+def ipset_names() -> list[str]:
+    return run("ipset", "list", "-n", check=False, quiet=True).split() if shutil.which("ipset") else []
+
+
+def clean_ipsets(before: list[str] | None) -> None:
+    """Destroy the kube-router sets (KUBE-SRC-*, KUBE-DST-*, ...) that were not there before `up`;
+    after clean_iptables, since a set in use by a rule cannot be destroyed."""
+    if before is None:
+        return
+    for name in ipset_names():
+        if name not in before and re.match(r"(inet6:)?KUBE-", name):
+            run("ipset", "destroy", name, check=False, quiet=True)
+
+
 def metrics_server_objects(port: int) -> list[dict[str, Any]]:
     """What registers the metrics-server process on this host as the metrics.k8s.io API: its RBAC
     (as in metrics-server's own manifest), a selector-less Service whose Endpoints is the node IP
@@ -704,7 +772,7 @@ def is_up(state: dict[str, Any]) -> bool:
 def cmd_up() -> int:
     if os.geteuid() != 0:
         raise NodeError("must run as root (kubelet, containerd, iptables, mounts)")
-    for tool in ("containerd", "runc", "ctr", "iptables", "openssl", "gcc", "ip"):
+    for tool in ("containerd", "runc", "ctr", "iptables", "ipset", "openssl", "gcc", "ip"):
         if not shutil.which(tool):
             raise NodeError(f"{tool} not found: run `bash hack/real-node/install-deps.sh`")
     if not (CNI_BIN / "bridge").exists():
@@ -723,6 +791,7 @@ def cmd_up() -> int:
         kubelet = kubelet_binary()
         kube_proxy = kube_proxy_binary()
         metrics_server = metrics_server_binary()
+        kube_router = kube_router_binary()
         status, _ = api("GET", "/readyz")
         if status != 200:
             raise NodeError(f"control plane not ready ({status}): run `hack/local-cluster up`")
@@ -732,17 +801,20 @@ def cmd_up() -> int:
             "proxy_healthz": free_port(),
             "proxy_metrics": free_port(),
             "metrics_server": free_port(),
+            "kube_router_health": free_port(),
         }
-        host: dict[str, Any] = {"chains_before": iptables_chains()}
+        host: dict[str, Any] = {"chains_before": iptables_chains(), "ipsets_before": ipset_names()}
         state = {"pids": {}, "ports": ports, "host": host, "node": NODE, "started": time.time()}
         save_state(state)
         for d in ("logs", "kubelet", "cni/ipam"):
             (STATE / d).mkdir(parents=True, exist_ok=True)
         client_cert("kubelet", f"/O=system:nodes/CN=system:node:{NODE}")
         client_cert("kube-proxy", "/CN=system:kube-proxy")
+        client_cert("kube-router", f"/CN={KUBE_ROUTER_USER}")
         serving_cert()
         write_kubeconfig(STATE / "kubelet" / "kubeconfig", "kubelet")
         write_kubeconfig(STATE / "kube-proxy" / "kubeconfig", "kube-proxy")
+        write_kubeconfig(STATE / "kube-router" / "kubeconfig", "kube-router")
         prepare_cgroups(host)
         prepare_network(host)
         save_state(state)
@@ -780,6 +852,15 @@ def cmd_up() -> int:
                 lambda: _http_ok(f"http://127.0.0.1:{ports['proxy_healthz']}/healthz"),
                 deadline,
                 ["kube-proxy"],
+            )
+            for obj in kube_router_objects():
+                apply_object(obj)
+            start("kube-router", kube_router_args(kube_router, ports), state)
+            wait(
+                "kube-router /healthz",
+                lambda: _http_ok(f"http://127.0.0.1:{ports['kube_router_health']}/healthz"),
+                deadline,
+                ["kube-router"],
             )
             ms_kubeconfig = CLUSTER / "kubeconfigs" / "metrics-server.kubeconfig"
             start(
@@ -876,6 +957,9 @@ def teardown(state: dict[str, Any]) -> None:
         with contextlib.suppress(NodeError):
             drain()
             sandboxes_gone(30)
+    if "kube-router" in pids:
+        # its chains and sets go with the other KUBE-* ones below (clean_iptables, clean_ipsets)
+        stop("kube-router", pids["kube-router"])
     if "kube-proxy" in pids:
         stop("kube-proxy", pids["kube-proxy"])
     if state.get("pids", {}).get("kube-proxy") or "kube-proxy" in pids:
@@ -897,6 +981,7 @@ def teardown(state: dict[str, Any]) -> None:
     unmount_all()
     host = state.get("host", {})
     clean_iptables(host.get("chains_before"))
+    clean_ipsets(host.get("ipsets_before"))
     if host.get("hosts_entry"):
         hosts = Path("/etc/hosts")
         kept = [ln for ln in hosts.read_text().splitlines(keepends=True) if HOSTS_MARK not in ln]
@@ -964,7 +1049,7 @@ def clean_iptables(before: dict[str, list[str]] | None) -> None:
         text = run("iptables-save", "-t", table, check=False, quiet=True)
         for line in text.splitlines():
             if line.startswith("-A ") and any(f"-j {c}" in line for c in new):
-                parts = line.split()
+                parts = shlex.split(line)  # comments are quoted and hold spaces (kube-router's do)
                 if parts[1] not in new:
                     run("iptables", "-t", table, "-D", *parts[1:], check=False, quiet=True)
         for c in new:

@@ -29,15 +29,32 @@ def parse_load(text: str) -> int | None:
     return None if total is None else round(total)
 
 
+def metrics_url(endpoint: str, ready_body: object) -> str:
+    """Where `endpoint`'s /metrics is: on the port its /readyz names (`metricsPort`, the runtime's
+    `server.metricsPort`, which operator-made pods always set), else on the endpoint's own port."""
+    port = ready_body.get("metricsPort") if isinstance(ready_body, dict) else None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return f"{endpoint}/metrics"
+    parts = httpx.URL(endpoint)
+    return str(parts.copy_with(port=port, path="/metrics"))
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 async def probe(client: httpx.AsyncClient, fleet: Fleet, state: EndpointState, timeout: float) -> None:
-    """One endpoint: /readyz decides health, /metrics its load."""
+    """One endpoint: /readyz decides health, /metrics (on the port /readyz names) its load."""
     try:
         ready = await client.get(f"{state.url}/readyz", timeout=timeout)
         if ready.status_code != 200:
             fleet.failed(state.url, time.monotonic())
             return
         at_scrape = state.outstanding
-        page = await client.get(f"{state.url}/metrics", timeout=timeout)
+        page = await client.get(metrics_url(state.url, _json(ready)), timeout=timeout)
     except httpx.HTTPError as exc:
         log.info("endpoint %s set aside: %s", state.url, exc.__class__.__name__)
         fleet.failed(state.url, time.monotonic())

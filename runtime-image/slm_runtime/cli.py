@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -196,8 +197,17 @@ def _serve(args: argparse.Namespace) -> int:
         drain=lambda: service.limiter.drain(settings.limits.drain_seconds),
         fatal=service.wait_load_failed,
     )
-    server.run()
+    server.run(sockets=listen_sockets(config, settings.server.metrics_port))
     return EXIT_LOAD if service.load_error else EXIT_OK
+
+
+def listen_sockets(config: Any, metrics_port: int | None) -> list[socket.socket] | None:
+    """With `server.metricsPort`: the API socket and the metrics socket, both served by the one
+    uvicorn server (server/metrics_port.py routes by port). Without it: None, uvicorn binds."""
+    if metrics_port is None:
+        return None
+    api = config.bind_socket()
+    return [api, socket.create_server((config.host, metrics_port), family=api.family)]
 
 
 def _make_draining_server() -> Any:

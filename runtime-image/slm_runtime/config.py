@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ModelFormat = Literal["gguf", "onnx", "auto"]
 HardwareClass = Literal["cpu", "gpu", "npu"]
@@ -166,8 +166,24 @@ class AuthSection(_Strict):
 
 
 class ServerSection(_Strict):
+    """Where the runtime listens."""
+
     host: str = "0.0.0.0"
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(8080, ge=1, le=65535, description="The OpenAI and Ollama APIs (and probes).")
+    metrics_port: int | None = Field(
+        None,
+        alias="metricsPort",
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port only (a NetworkPolicy can then let scrapers in "
+        "without the API); unset: /metrics on `port`, for standalone use.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        if self.metrics_port == self.port:
+            raise ValueError(f"server.metricsPort must differ from server.port ({self.port})")
+        return self
 
 
 class RuntimeConfig(_Strict):

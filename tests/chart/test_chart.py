@@ -420,7 +420,7 @@ def test_pod_monitor_scrapes_runtime_pods(watch: list[str], selector: dict[str, 
     }
     assert monitor["spec"]["namespaceSelector"] == selector
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
-    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
     assert {
         "sourceLabels": ["__meta_kubernetes_pod_label_slm_dev_deployment"],
         "targetLabel": "slmdeployment",

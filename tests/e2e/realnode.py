@@ -56,15 +56,17 @@ def missing_prerequisites() -> list[str]:
     missing = []
     if os.geteuid() != 0:
         missing.append("root (kubelet, containerd, iptables, mounts)")
-    for tool in ("containerd", "runc", "ctr", "buildah", "debootstrap", "iptables", "gcc", "openssl"):
+    tools = ("containerd", "runc", "ctr", "buildah", "debootstrap", "iptables", "ipset", "gcc", "openssl")
+    for tool in tools:
         if not shutil.which(tool):
             missing.append(f"{tool} (hack/real-node/install-deps.sh)")
     if not Path("/usr/lib/cni/bridge").exists():
         missing.append("CNI plugins (hack/real-node/install-deps.sh)")
     if not os.access(BIN_DIR / "kubelet", os.X_OK):
         missing.append(f"{BIN_DIR / 'kubelet'} (hack/build-bins.sh)")
-    if not os.access(BIN_DIR / "metrics-server", os.X_OK):
-        missing.append(f"{BIN_DIR / 'metrics-server'} (make bins)")
+    for tool in ("metrics-server", "kube-router"):  # hack/real-node/up starts both
+        if not os.access(BIN_DIR / tool, os.X_OK):
+            missing.append(f"{BIN_DIR / tool} (make bins)")
     if not (REPO_ROOT / "runtime-image" / "Dockerfile").exists():
         missing.append("runtime-image/Dockerfile")
     if not shutil.which("slm-runtime", path=str(VENV_BIN)) and not shutil.which("slm-runtime"):

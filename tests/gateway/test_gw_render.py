@@ -45,7 +45,8 @@ def test_gateway_pods_of_their_namespace_are_admitted_beside_the_clients() -> No
                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "slm-gateway"}},
                 }
             ],
-            "ports": [{"port": 8080, "protocol": "TCP"}],
+            # the API, and the metrics port its scraper reads the queue depth from
+            "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 9090, "protocol": "TCP"}],
         },
     ]
 

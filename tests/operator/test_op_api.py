@@ -35,6 +35,16 @@ VALID: dict[str, dict[str, Any]] = {
     "autoscaling-off": {"model": MODEL, "autoscaling": {"enabled": False}},
     "pvc": {"model": MODEL, "cache": {"type": "pvc", "size": "20Gi", "storageClassName": "fast"}},
     "quantities-as-numbers": {"model": MODEL, "hardware": {"memoryBudget": 6442450944}},
+    "egress": {
+        "model": MODEL,
+        "networking": {
+            "egress": [
+                {"cidr": "203.0.113.0/24", "ports": [443]},
+                {"cidr": "2001:db8::/32"},
+                {"namespaceSelector": {"matchLabels": {"role": "mirror"}}},
+            ]
+        },
+    },
     "clients": {
         "model": MODEL,
         "networking": {
@@ -134,6 +144,19 @@ INVALID: dict[str, tuple[dict[str, Any], str | None]] = {
     ),
     "pvc-without-size": ({"model": MODEL, "cache": {"type": "pvc"}}, "cache.size is required"),
     "empty-client": ({"model": MODEL, "networking": {"allowedClients": [{}]}}, "an allowed client needs"),
+    "egress-cidr-and-selector": (
+        {"model": MODEL, "networking": {"egress": [{"cidr": "10.0.0.0/8", "podSelector": {}}]}},
+        "an egress destination needs either a cidr",
+    ),
+    "egress-no-destination": (
+        {"model": MODEL, "networking": {"egress": [{"ports": [443]}]}},
+        "an egress destination needs either a cidr",
+    ),
+    "egress-host-name": ({"model": MODEL, "networking": {"egress": [{"cidr": "example.org"}]}}, None),
+    "egress-port-zero": (
+        {"model": MODEL, "networking": {"egress": [{"cidr": "10.0.0.0/8", "ports": [0]}]}},
+        None,
+    ),
     "bad-uri-scheme": (
         {"model": {"name": "m", "variants": [{"quantization": "F16", "uri": "ftp://x/y"}]}},
         None,

@@ -131,7 +131,10 @@ def test_deployment_pod_security_and_probes() -> None:
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     runtime = _container(objs)
-    assert runtime["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert runtime["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert runtime["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -287,6 +290,7 @@ def test_network_policy() -> None:
     ]
     egress_ports = sorted((p["port"], p["protocol"]) for rule in default["egress"] for p in rule["ports"])
     assert egress_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP")]
+    assert all("to" not in rule for rule in default["egress"])  # hf://: any address, port 443 only
     custom = _render(spec(**SPECS["everything"]), [])["NetworkPolicy"]["spec"]
     assert custom["ingress"][0]["from"] == [
         {"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {"matchLabels": {"app": "x"}}}
@@ -294,8 +298,106 @@ def test_network_policy() -> None:
     assert custom["ingress"][1]["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
+    # scrapers reach the metrics port and not the API
+    assert custom["ingress"][1]["ports"] == [{"port": 9090, "protocol": "TCP"}]
     service = _render(spec(**SPECS["everything"]), [])["Service"]["spec"]
     assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+def _one_variant(uri: str) -> dict[str, Any]:
+    return {"name": "m", "parameters": 0.5, "variants": [{"quantization": "Q4_K_M", "uri": uri}]}
+
+
+@pytest.mark.parametrize(
+    ("uri", "tcp"),
+    [
+        ("hf://org/repo/m.gguf", [443]),
+        ("https://models.example.org/m.gguf", [443]),
+        ("https://10.245.0.1:8443/m.gguf", [8443]),
+        ("file:///data/m.gguf", None),
+        ("tiny://gguf?quantization=q8_0", None),
+    ],
+)
+def test_egress_is_as_narrow_as_the_model_source(uri: str, tcp: list[int] | None) -> None:
+    egress = _render(spec(model=_one_variant(uri)))["NetworkPolicy"]["spec"]["egress"]
+    if tcp is None:  # nothing to download: no egress at all (the policy still lists Egress)
+        assert egress == []
+        return
+    assert egress == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        {"ports": [{"port": p, "protocol": "TCP"} for p in tcp]},
+    ]
+
+
+def test_egress_destinations_replace_any_address() -> None:
+    networking = {
+        "egress": [
+            {"cidr": "10.245.0.1/32"},
+            {"cidr": "2001:db8::/32", "ports": [8443, 443, 8443]},
+            {
+                "namespaceSelector": {"matchLabels": {"role": "mirror"}},
+                "podSelector": {"matchLabels": {"app": "m"}},
+            },
+        ]
+    }
+    the_spec = spec(model=_one_variant("https://10.245.0.1:8443/m.gguf"), networking=networking)
+    objs = _render(the_spec)
+    kubernetes_validate.validate(objs["NetworkPolicy"], K8S_VERSION, strict=True)
+    egress = objs["NetworkPolicy"]["spec"]["egress"]
+    assert egress[0] == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert egress[1:] == [
+        {"to": [{"ipBlock": {"cidr": "10.245.0.1/32"}}], "ports": [{"port": 8443, "protocol": "TCP"}]},
+        {
+            "to": [{"ipBlock": {"cidr": "2001:db8::/32"}}],
+            "ports": [{"port": 443, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}],
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"role": "mirror"}},
+                    "podSelector": {"matchLabels": {"app": "m"}},
+                }
+            ],
+            "ports": [{"port": 8443, "protocol": "TCP"}],
+        },
+    ]
+    # `[]`: DNS only; a destination for a model with nothing to download: every port there
+    dns_only = _render(spec(networking={"egress": []}))["NetworkPolicy"]["spec"]["egress"]
+    assert dns_only == [egress[0]]
+    local = spec(model=_one_variant("file:///m.gguf"), networking={"egress": [{"cidr": "10.0.0.0/8"}]})
+    assert _render(local)["NetworkPolicy"]["spec"]["egress"][1] == {
+        "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    }
+
+
+@pytest.mark.parametrize(
+    ("dest", "message"),
+    [
+        ({}, "either a cidr or a namespaceSelector/podSelector"),
+        ({"cidr": "10.0.0.0/8", "podSelector": {}}, "either a cidr or a namespaceSelector/podSelector"),
+        ({"cidr": "10.0.0.300/8"}, "is not an IP block"),
+        ({"cidr": "example.org"}, "String should match pattern"),
+        ({"cidr": "10.0.0.0/8", "ports": [0]}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_egress_destinations_are_rejected(dest: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec(networking={"egress": [dest]})
+
+
+def test_metrics_on_a_port_of_their_own() -> None:
+    objs = _render(spec(), gateway_namespace="slm-system")
+    ports = _container(objs)["ports"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in ports
+    config = RuntimeConfig.model_validate(yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"]))
+    assert (config.server.port, config.server.metrics_port) == (8080, 9090)
+    gateway_rule = objs["NetworkPolicy"]["spec"]["ingress"][-1]
+    assert gateway_rule["from"][0]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "slm-gateway"}
+    }
+    assert gateway_rule["ports"] == [{"port": 8080, "protocol": "TCP"}, {"port": 9090, "protocol": "TCP"}]
+    # clients of the API never get the metrics port through the clients' rule
+    assert objs["NetworkPolicy"]["spec"]["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ The tests evaluate the CEL rules with cel-python against the same cases as the v
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal, Self
 
@@ -415,6 +416,57 @@ class NetworkPeer(ApiModel):
         return self
 
 
+CIDR_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/[0-9]{1,3})$"
+
+
+class EgressDestination(ApiModel):
+    """Where the model download may connect: an IP block, or pods by namespace and pod selectors.
+
+    Destinations are addresses, not host names (a NetworkPolicy cannot match names), so an
+    `https://host/...` source is reached through the block that holds the host's addresses.
+    """
+
+    model_config = model_config(
+        cel(
+            "has(self.cidr) != (has(self.namespaceSelector) || has(self.podSelector))",
+            "an egress destination needs either a cidr or a namespaceSelector/podSelector, not both",
+            ".cidr",
+        )
+    )
+
+    cidr: str | None = Field(
+        None,
+        pattern=CIDR_PATTERN,
+        max_length=64,
+        description="IP block, e.g. 203.0.113.0/24 or 2001:db8::/32.",
+    )
+    namespace_selector: LabelSelector | None = Field(
+        None,
+        description="Namespaces of in-cluster destinations (e.g. a model mirror); unset: the own namespace.",
+    )
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods within the selected namespaces; unset: all of them."
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        None,
+        max_length=16,
+        description="TCP ports; default: the model source's port (443 for https:// and hf://).",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.cidr is None) == (self.namespace_selector is None and self.pod_selector is None):
+            raise ValueError(
+                "an egress destination needs either a cidr or a namespaceSelector/podSelector, not both"
+            )
+        if self.cidr is not None:
+            try:
+                ipaddress.ip_network(self.cidr, strict=False)
+            except ValueError as err:
+                raise ValueError(f"networking.egress cidr {self.cidr!r} is not an IP block: {err}") from err
+        return self
+
+
 class NetworkingSpec(ApiModel):
     """The Service port and who may reach the pods (a NetworkPolicy is always rendered)."""
 
@@ -425,7 +477,16 @@ class NetworkingSpec(ApiModel):
         description="Clients allowed to call the API; unset means every pod in the same namespace.",
     )
     metrics_namespace_selector: LabelSelector | None = Field(
-        None, description="Namespaces (e.g. monitoring) whose pods may scrape /metrics."
+        None,
+        description="Namespaces (e.g. monitoring) whose pods may scrape /metrics (the pods' "
+        "`metrics` port only, not the API).",
+    )
+    egress: list[EgressDestination] | None = Field(
+        None,
+        max_length=32,
+        description="Where the pods may connect (besides DNS) to download the model; unset: any "
+        "address on the model source's port (443 for https:// and hf://, the URI's port otherwise), "
+        "and no egress at all for file:// and tiny:// models. `[]`: DNS only.",
     )
 
 

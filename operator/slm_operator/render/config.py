@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from slm_operator.hardware import ProviderChoice, execution_providers
-from slm_operator.render.context import AUTH_DIR, RUNTIME_PORT, RenderContext
+from slm_operator.render.context import AUTH_DIR, METRICS_PORT, RUNTIME_PORT, RenderContext
 from slm_operator.render.metadata import object_meta
 from slm_runtime.config import (
     AuthSection,
@@ -72,7 +72,7 @@ def runtime_config(ctx: RenderContext) -> RuntimeConfig:
             allowRaw=prompt.allow_raw if prompt else None,
         ),
         auth=auth,
-        server=ServerSection(port=RUNTIME_PORT),
+        server=ServerSection(port=RUNTIME_PORT, metricsPort=METRICS_PORT),
     )
 
 

@@ -12,6 +12,9 @@ from slm_operator.placement import Placement
 
 DEFAULT_IMAGE = "ghcr.io/slm-operator/slm-runtime:0.1.0"
 RUNTIME_PORT = 8080
+METRICS_PORT = 9090
+"""The runtime's /metrics listener (`server.metricsPort`, container port `metrics`): scrapers are
+admitted to this port only, not to the API on RUNTIME_PORT."""
 MODELS_DIR = "/models"
 CONFIG_DIR = "/etc/slm"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"

@@ -21,6 +21,7 @@ from slm_runtime.server import ollama, openai, responses
 from slm_runtime.server.auth import ApiKeyMiddleware, load_keys
 from slm_runtime.server.errors import handle_exception
 from slm_runtime.server.guard import BodyGuardMiddleware
+from slm_runtime.server.metrics_port import MetricsPortMiddleware
 from slm_runtime.server.service import Service
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,17 @@ def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
         yield
         await service.shutdown()
 
+    # names the metrics port for slm-gateway's scraper, which reads /readyz first
+    metrics_port = settings.server.metrics_port
+    ready_body = {"status": "ready", **({"metricsPort": metrics_port} if metrics_port else {})}
+    by_port = [Middleware(MetricsPortMiddleware, metrics_port=metrics_port)] if metrics_port else []
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
         if service.ready:
-            return JSONResponse({"status": "ready"})
+            return JSONResponse(ready_body)
         if service.limiter.draining:
             reason = "draining"
         elif service.load_error:
@@ -67,6 +73,7 @@ def create_app(settings: RuntimeConfig, engine: Engine) -> Starlette:
             *responses.routes(service),
         ],
         middleware=[
+            *by_port,
             Middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.auth.protect_metrics),
             Middleware(
                 BodyGuardMiddleware,
