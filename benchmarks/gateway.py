@@ -256,6 +256,18 @@ def affinity_hits(gateway_url: str) -> tuple[float, float]:
     return hit, miss
 
 
+def prefix_cache(pods: list[str]) -> tuple[float, float]:
+    """(prompt tokens queried, served from cached KV) summed over `pods` (the runtime's counters)."""
+    queried = hit = 0.0
+    for pod in pods:
+        for line in httpx.get(f"{pod}/metrics").text.splitlines():
+            if line.startswith("vllm:prefix_cache_queries_total{"):
+                queried += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_hits_total{"):
+                hit += float(line.rsplit(" ", 1)[1])
+    return queried, hit
+
+
 def run_overhead(args: argparse.Namespace, pod: str, gateway: str) -> dict[int, tuple[Result, Result]]:
     """Direct vs through the gateway at c=1 and c=32; the two paths alternate round by round."""
     print(f"# overhead: {args.tokens} tokens/request, unique prompts, {args.rounds} rounds each", flush=True)
@@ -288,13 +300,22 @@ def run_routing(args: argparse.Namespace, pods: list[str], gateway: str) -> tupl
         f"~400-token system prompt, {len(pods)} pods",
         flush=True,
     )
+    cache0 = prefix_cache(pods)
     rr = asyncio.run(conversations(pods, args.conversations, args.turns, args.tokens, seed=1))
+    cache1 = prefix_cache(pods)
     gw = asyncio.run(conversations([gateway], args.conversations, args.turns, args.tokens, seed=2))
+    cache2 = prefix_cache(pods)
     hit, miss = affinity_hits(gateway)
-    for name, res in (("round-robin", rr), ("gateway", gw)):
+    for name, res, (before, after) in (
+        ("round-robin", rr, (cache0, cache1)),
+        ("gateway", gw, (cache1, cache2)),
+    ):
+        queried, served = after[0] - before[0], after[1] - before[1]
+        rate = served / max(1.0, queried)
         print(
             f"{name:<12} ttft p50 {res.p(0.5) * 1000:7.1f} ms  "
-            f"p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s",
+            f"p95 {res.p(0.95) * 1000:7.1f} ms  {res.tps():6.1f} tok/s  "
+            f"runtime prefix cache {served:.0f}/{queried:.0f} prompt tokens ({rate:.0%})",
             flush=True,
         )
     print(f"gateway prefix-affinity picks: {hit:.0f} hit, {miss:.0f} miss ({hit / max(1.0, hit + miss):.0%})")

@@ -118,11 +118,13 @@ def reconcile(
     render: Callable[[RenderContext], list[Obj]] = render_all,
     gateway_namespace: str | None = None,
     gateway_url: str | None = None,
+    optional_kinds: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status.
 
     `gateway_namespace`: where slm-gateway runs (the NetworkPolicy admits it); `gateway_url`: its
-    OpenAI URL, shown as status.endpoints.fleet."""
+    OpenAI URL, shown as status.endpoints.fleet; `optional_kinds`: the optional child kinds the API
+    server serves (InferencePool)."""
     owner = Owner.from_body(body)
     spec = parse_spec(body)
     check_secret(spec, owner.namespace, cluster)
@@ -135,6 +137,7 @@ def reconcile(
         render=render,
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
+        optional_kinds=optional_kinds,
     )
     return execute(the_plan, cluster)
 

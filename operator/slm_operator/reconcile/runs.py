@@ -85,6 +85,7 @@ def run_reconcile(
                 render=ctx.render,
                 gateway_namespace=ctx.settings.gateway_namespace,
                 gateway_url=ctx.settings.gateway_url,
+                optional_kinds=ctx.served.kinds(),
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()
