@@ -364,4 +364,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # a SIGTERM (e.g. from `timeout`) unwinds through main's `finally`: no runtime is left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
