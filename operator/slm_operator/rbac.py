@@ -10,7 +10,7 @@ the per-namespace Roles add `get secrets`, and the operator checks it before app
 | reconcile (SLMDeployments) | slm.dev: slmdeployments | get list watch patch |
 | status | slm.dev: slmdeployments/status | get patch |
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
-| children: apply, prune, watch | the 8 `plan.CHILDREN` | get list watch create patch delete |
+| children: apply, prune, watch | `plan.CHILDREN` (InferencePool too) | get list watch create patch delete |
 | the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
 | auth Secret check, namespaced mode only (`namespaced_rules`) | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |

@@ -24,7 +24,7 @@ from slm_operator.reconcile import heap
 from slm_operator.reconcile.cache import Store, slim_node, slim_pod
 from slm_operator.reconcile.context import Leadership, OperatorContext, is_leader
 from slm_operator.reconcile.handlers import plain, run_reconcile
-from slm_operator.reconcile.plan import CHILDREN
+from slm_operator.reconcile.plan import CHILDREN, served_children
 from slm_operator.reconcile.resync import resync_once
 
 Obj = dict[str, Any]
@@ -250,7 +250,9 @@ def test_a_steady_fleet_resyncs_without_api_calls() -> None:
     failed: set[tuple[str, str]] = set()
     assert resync_once(ctx, done, failed, full=True) == 5
     # one list per child kind for the whole fleet (what a previous process left), not per owner
-    assert cluster.calls.count("apply") == 5 * 5 and cluster.calls.count("list") == len(CHILDREN)
+    assert cluster.calls.count("apply") == 5 * 5 and cluster.calls.count("list") == len(
+        served_children(frozenset())
+    )
     # pending accounting: the first two take the two GPUs, the others fall back to cpu
     assert [s["hardware"] for s in cluster.status_patches] == ["gpu", "gpu", "cpu", "cpu", "cpu"]
     _sync_status(ctx, cluster, bodies)
@@ -328,7 +330,7 @@ def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> 
         body["metadata"]["generation"] = 2
         run_reconcile(restarted, plain(body), "resync")
     assert "HorizontalPodAutoscaler" not in cluster.kinds()
-    assert cluster.calls.count("list") == len(CHILDREN)
+    assert cluster.calls.count("list") == len(served_children(frozenset()))
     assert cluster.calls.count("delete") == 4  # the HPA and the PDB of each
 
 

@@ -126,6 +126,11 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One InferencePool per SLMDeployment where the Gateway API Inference Extension's CRD is installed
+# (unused elsewhere: RBAC may name a resource the API server does not serve).
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Runtime pods: room left on nodes (placement) and failed model fetches (status).
 - apiGroups: [""]
   resources: ["pods"]

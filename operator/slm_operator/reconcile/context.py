@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.cache import FleetCache
+from slm_operator.reconcile.discovery import ServedKinds
 from slm_operator.reconcile.plan import (
-    CHILD_KINDS,
     Key,
     Obj,
     Observed,
@@ -30,6 +30,7 @@ from slm_operator.reconcile.plan import (
     key_of,
     observed_form,
     reservations,
+    served_children,
 )
 from slm_operator.reconcile.reconciler import Cluster
 from slm_operator.render import DEPLOYMENT_LABEL, MANAGED_BY
@@ -56,6 +57,7 @@ class OperatorCluster(Cluster, Protocol):
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None: ...
     def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
+    def serves(self, api_version: str, plural: str) -> bool: ...
 
 
 def _slim_deployment(obj: Mapping[str, Any]) -> Obj:
@@ -184,6 +186,16 @@ class AppliedCache:
                 self.version += 1
             self._versions.pop(key, None)
 
+    def forget_kind(self, kinds: frozenset[str]) -> None:
+        """Every remembered child of `kinds`: their CRD went away, and its objects with it."""
+        with self._lock:
+            gone = [key for key in self._objects if key[1] in kinds]
+            for key in gone:
+                self._objects.pop(key, None)
+                self._versions.pop(key, None)
+            if gone:
+                self.version += 1
+
     def forget_owner(self, namespace: str, name: str) -> None:
         with self._lock:
             for key in self._by_owner.pop((namespace, name), set()):
@@ -270,6 +282,8 @@ class OperatorContext:
     leadership: Leadership = field(default_factory=Leadership)
     background: list[Background] = field(default_factory=list)
     render: RenderMemo = field(default_factory=RenderMemo)
+    served: ServedKinds = field(default_factory=ServedKinds)
+    """The optional child kinds (InferencePool) the API server serves (`reconcile.discovery`)."""
     _children_counted: dict[OwnerKey, dict[str, int]] = field(default_factory=dict)
     _prime_lock: threading.Lock = field(default_factory=threading.Lock)
     _terminating: dict[str, float] = field(default_factory=dict)
@@ -319,8 +333,10 @@ class OperatorContext:
             scopes: list[str | None] = list(self.settings.namespaces) or [None]
             found: list[Obj] = []
             for namespace in scopes:
-                for api_version, kind in CHILD_KINDS:
-                    found += self.cluster.list_labelled(api_version, kind, namespace, MANAGED_SELECTOR)
+                for child in served_children(self.served.kinds()):
+                    found += self.cluster.list_labelled(
+                        child.api_version, child.kind, namespace, MANAGED_SELECTOR
+                    )
             self.applied.seed_all(found)
 
     def owner_body(self, namespace: str, name: str) -> Obj | None:

@@ -6,6 +6,8 @@ Triggers, all running the same level-based plan:
 - events of owned children (label `app.kubernetes.io/managed-by=slm-operator`, the kinds of
   `plan.CHILDREN`): a deleted or edited child is re-applied (`drift`), Deployment events refresh
   the status (`refresh`);
+- events of the CRDs of optional child kinds (InferencePool): what the API server serves changed,
+  so every SLMDeployment is re-planned once (`discovery`);
 - the informers' stores (nodes, pods, SLMDeployments, the peering object), started here at startup:
   pod changes report failed model fetches (`refresh.pod_changed`), and the periodic resync
   (`resync`) re-plans from the caches.
@@ -23,11 +25,13 @@ from typing import Any
 import kopf
 
 from slm_operator.api import GROUP, PLURAL, VERSION
+from slm_operator.errors import KubeError
 from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.discovery import OPTIONAL_CHILDREN, crd_name, discover
 from slm_operator.reconcile.drift import child_changed, correct_drift
 from slm_operator.reconcile.plan import CHILDREN, PLURALS
 from slm_operator.reconcile.refresh import pod_changed, refresh_status
-from slm_operator.reconcile.resync import resync_forever
+from slm_operator.reconcile.resync import resync_forever, resync_once
 from slm_operator.reconcile.runs import kopf_error, post, run_reconcile
 from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
 
@@ -100,6 +104,18 @@ class QuietChildEvents(logging.Filter):
 CHILD_HANDLER = "on_child_event"
 
 
+def on_crd_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+    """The CRD of an optional child kind was created, changed or deleted."""
+    ctx = context_of(memo)
+    before = ctx.served.kinds()
+    if not ctx.served.observe(type, plain(body)):
+        return
+    now = ctx.served.kinds()
+    log.info("optional child kinds served: %s (were %s)", sorted(now) or "none", sorted(before) or "none")
+    ctx.applied.forget_kind(before - now)
+    resync_once(ctx, {}, set(), full=True)
+
+
 async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Annotations (not .status) for kopf's state, quiet logging Events, metrics, informers, the
     resync loop."""
@@ -118,6 +134,10 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
         ctx.metrics.serve(ctx.settings.metrics_port)
     except OSError as err:  # a busy port must not keep the operator from reconciling
         log.error("metrics server on port %s: %s", ctx.settings.metrics_port, err)
+    try:
+        ctx.served.replace(await asyncio.to_thread(discover, ctx.cluster.serves))
+    except KubeError as err:  # unknown: assume not served; the CRD's watch event corrects it
+        log.warning("discovery of optional child kinds: %s", err)
     ctx.cache.pods.listen(lambda kind, pod: pod_changed(ctx, kind, pod))
     ctx.cache.owners.listen(lambda kind, body: on_owner_gone(ctx, kind, body))
     for informer in ctx.background:
@@ -156,4 +176,14 @@ def build_registry() -> kopf.OperatorRegistry:
             labels={MANAGED_BY_LABEL: MANAGED_BY},
             registry=registry,
         )(on_child_event)
+    for child in OPTIONAL_CHILDREN:
+        kopf.on.event(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            field="metadata.name",
+            value=crd_name(child),
+            id=f"crd-{child.plural}",
+            registry=registry,
+        )(on_crd_event)
     return registry

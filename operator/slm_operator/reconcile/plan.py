@@ -33,6 +33,11 @@ from slm_operator.reconcile.status import (
     reconciled_status,
 )
 from slm_operator.render import DEPLOYMENT_LABEL, MANAGED_BY, RenderContext, render_all
+from slm_operator.render.inference_pool import (
+    INFERENCE_POOL_API_VERSION,
+    INFERENCE_POOL_KIND,
+    INFERENCE_POOL_PLURAL,
+)
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str, str]
@@ -46,6 +51,8 @@ class ChildKind:
     api_version: str
     kind: str
     plural: str
+    optional: bool = False
+    """Rendered, listed and pruned only while the API server serves it (a CRD of someone else's)."""
 
     @property
     def group(self) -> str:
@@ -65,14 +72,24 @@ CHILDREN: tuple[ChildKind, ...] = (
     ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ChildKind(INFERENCE_POOL_API_VERSION, INFERENCE_POOL_KIND, INFERENCE_POOL_PLURAL, optional=True),
 )
 """The one table of child kinds: every kind the renderer may produce (and the operator may
-prune), in apply order. RBAC (`slm_operator.rbac`), the watch handlers and the tests read it."""
+prune), in apply order. RBAC (`slm_operator.rbac`), the watch handlers and the tests read it.
+An `optional` kind is used only while discovery says the API server serves it
+(`reconcile.discovery`); RBAC grants it and kopf watches it (from when its CRD appears) anyway."""
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = tuple((c.api_version, c.kind) for c in CHILDREN)
 """(apiVersion, kind) of `CHILDREN`."""
 PLURALS: dict[str, str] = {c.kind: c.plural for c in CHILDREN}
 """kind -> plural of `CHILDREN`."""
+OPTIONAL_KINDS: frozenset[str] = frozenset(c.kind for c in CHILDREN if c.optional)
+"""Kinds of the optional `CHILDREN`."""
+
+
+def served_children(optional_kinds: frozenset[str]) -> tuple[ChildKind, ...]:
+    """`CHILDREN` less the optional kinds the API server does not serve (not in `optional_kinds`)."""
+    return tuple(c for c in CHILDREN if not c.optional or c.kind in optional_kinds)
 
 
 @dataclass(frozen=True)
@@ -359,9 +376,12 @@ def plan(
     render: Callable[[RenderContext], list[Obj]] = render_all,
     gateway_namespace: str | None = None,
     gateway_url: str | None = None,
+    optional_kinds: frozenset[str] = frozenset(),
 ) -> Plan:
     """Desired children of the SLMDeployment `body` against `observed`: what to apply and delete.
 
+    `optional_kinds`: the optional child kinds (`OPTIONAL_KINDS`) the API server serves; the others
+    are neither rendered nor pruned (their objects went with their CRD).
     Raises `SpecError` (invalid spec) and `PlacementError` (nothing fits), as the reconcile did.
     Deterministic: the order of `observed.nodes`, `observed.pods` and `observed.children` does not
     change the plan. `render` is `render_all` or a memo of it (`RenderMemo`).
@@ -377,6 +397,7 @@ def plan(
         placement=placement,
         default_image=image,
         gateway_namespace=gateway_namespace,
+        inference_pools=INFERENCE_POOL_KIND in optional_kinds,
     )
     desired = [keep_immutable(o, observed.children.get(key_of(o))) for o in owned(render(ctx), owner)]
     apply = []
@@ -392,6 +413,7 @@ def plan(
             "metadata": {**_meta(o), "namespace": k[2], "name": k[3]},
         }
         for k, o in observed.children.items()
+        if k[1] not in OPTIONAL_KINDS or k[1] in optional_kinds
     ]
     delete = [Step(o, "no longer wanted by the spec") for o in prune_plan(desired, existing, owner)]
     events = placement_events(old_status, placement)

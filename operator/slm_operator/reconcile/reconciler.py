@@ -177,12 +177,14 @@ def reconcile(
     gateway_url: str | None = None,
     policy: Policy | None = None,
     check_secrets: bool = True,
+    optional_kinds: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status.
 
     `gateway_namespace`: where slm-gateway runs (the NetworkPolicy admits it); `gateway_url`: its
     OpenAI URL, shown as status.endpoints.fleet; `policy`: what the spec may ask for (None: no
-    policy check); `check_secrets`: whether the API-key Secret is read first (see `Settings`)."""
+    policy check); `check_secrets`: whether the API-key Secret is read first (see `Settings`);
+    `optional_kinds`: the optional child kinds the API server serves (InferencePool)."""
     owner = Owner.from_body(body)
     spec = parse_spec(body)
     if policy is not None:
@@ -198,6 +200,7 @@ def reconcile(
         render=render,
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
+        optional_kinds=optional_kinds,
     )
     check_names(the_plan, observed, cluster)
     return execute(the_plan, cluster)

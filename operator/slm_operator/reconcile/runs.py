@@ -116,6 +116,7 @@ def run_reconcile(
                 gateway_url=ctx.settings.gateway_url,
                 policy=ctx.settings.policy,
                 check_secrets=ctx.settings.check_auth_secrets,
+                optional_kinds=ctx.served.kinds(),
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()

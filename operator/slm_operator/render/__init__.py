@@ -10,6 +10,7 @@ from typing import Any
 
 from slm_operator.render.config import build_config_map, config_hash, runtime_config
 from slm_operator.render.context import DEFAULT_IMAGE, IN_FLIGHT_METRIC, RenderContext, model_file_name
+from slm_operator.render.inference_pool import build_inference_pool
 from slm_operator.render.metadata import DEPLOYMENT_LABEL, MANAGED_BY, selector_labels, standard_labels
 from slm_operator.render.network import build_network_policy, build_service, endpoints
 from slm_operator.render.scaling import build_autoscaler, build_disruption_budget
@@ -42,5 +43,6 @@ def render_all(ctx: RenderContext) -> list[dict[str, Any]]:
         build_autoscaler(ctx),
         build_disruption_budget(ctx),
         build_network_policy(ctx),
+        build_inference_pool(ctx),
     ]
     return [obj for obj in built if obj is not None]

@@ -37,6 +37,9 @@ class RenderContext:
     gateway_namespace: str | None = None
     """Where slm-gateway runs (the chart's release namespace); its pods are admitted by the
     NetworkPolicy. None: no gateway rule."""
+    inference_pools: bool = False
+    """Whether the API server serves InferencePools (`inference.networking.k8s.io/v1`): then one is
+    rendered per SLMDeployment."""
 
     @property
     def image(self) -> str:

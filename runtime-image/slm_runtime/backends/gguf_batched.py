@@ -248,6 +248,8 @@ class BatchedGGUFEngine:
         self.kv_bytes_per_slot = 0
         self.reused_prompt_tokens = 0
         """Prompt tokens served from cached KV cells instead of being decoded (a counter)."""
+        self.admitted_prompt_tokens = 0
+        """Prompt tokens of every sequence given a slot (a counter): the prefix cache's queries."""
         self._embed_ctx: Any = None
         self._embed_batch: _BatchBuffer | None = None
         self.capabilities = Capabilities(embeddings=True, grammar=True, logit_bias=True, gbnf=True)
@@ -282,6 +284,34 @@ class BatchedGGUFEngine:
     def slot_usage(self) -> tuple[int, int]:
         """(sequences holding a slot, sequences waiting for one); a racy snapshot for gauges."""
         return sum(s.seq is not None for s in self._slots), len(self._waiting)
+
+    def kv_cache_usage(self) -> float:
+        """KV cells that running sequences hold, as a fraction (0..1) of all cells
+        (`context_length` x `parallel`): GIE's KVCacheUtilization, vLLM's `kv_cache_usage_perc`.
+
+        A racy snapshot for a gauge, read on the scraping thread from the slots' token lists that
+        the scheduler keeps anyway (no llama.cpp call: see FACTS.md's one-thread rule). Cells an idle
+        slot keeps for prefix reuse count as free, as vLLM counts its cached blocks: the next
+        admission may take them."""
+        total = self._settings.context_length * self._settings.parallel
+        if total <= 0:
+            return 0.0
+        used = sum(len(s.tokens) for s in list(self._slots) if s.seq is not None)
+        return min(1.0, used / total)
+
+    def prefix_cache_tokens(self) -> tuple[int, int]:
+        """(prompt tokens admitted, of which served from cached KV cells): both only grow, and
+        are written by the scheduler thread alone; read racily for `vllm:prefix_cache_*`."""
+        return self.admitted_prompt_tokens, self.reused_prompt_tokens
+
+    def kv_cache_blocks(self) -> tuple[int, int]:
+        """(block size in tokens, number of blocks) for `vllm:cache_config_info`.
+
+        llama.cpp allocates KV per token; the unit in which a shared prefix is reused here is
+        `_MIN_SHARED_PREFIX` tokens (shorter ones are recomputed), so that is the block we report
+        to prefix-aware pickers, and the cells divided by it the block count."""
+        total = self._settings.context_length * self._settings.parallel
+        return _MIN_SHARED_PREFIX, total // _MIN_SHARED_PREFIX
 
     async def start(self) -> None:
         """Start the scheduler thread and load the model on it; raises if loading fails."""
@@ -674,6 +704,7 @@ class BatchedGGUFEngine:
             seq.slot = slot
             seq.prefilled = reuse
             self.reused_prompt_tokens += reuse
+            self.admitted_prompt_tokens += len(seq.prompt)
             seq.sampler = sampler
             seq.t_admitted = time.perf_counter_ns()
             slot.seq = seq

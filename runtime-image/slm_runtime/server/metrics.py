@@ -8,9 +8,11 @@ generations (client gone) are counted with the tokens they really produced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from slm_runtime.backends.base import FinishEvent, GenerationRequest, ModelInfo
 
@@ -81,6 +83,18 @@ class Metrics:
             ["model_name", "provider", "requested", "fallback"],
             registry=r,
         )
+        self._kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction (0..1) of the KV cache held by running sequences (GIE's KVCacheUtilization).",
+            labels,
+            registry=r,
+        )
+        self._cache_config = Gauge(
+            "vllm:cache_config_info",
+            "KV cache layout for prefix-aware pickers (value 1): block size in tokens, block count.",
+            ["model_name", "block_size", "num_gpu_blocks"],
+            registry=r,
+        )
         self._rejected = Counter(
             "slm_requests_rejected_total",
             "Requests refused by admission control or drain.",
@@ -99,6 +113,16 @@ class Metrics:
             p = info.provider
             self._provider.labels(self.model_name, p.provider, p.requested, str(p.fallback).lower()).set(1)
 
+    def track_kv_cache(self, usage: Callable[[], float], blocks: tuple[int, int]) -> None:
+        """Export the KV cache's utilisation (read at each scrape) and its block layout."""
+        self._kv_usage.labels(self.model_name).set_function(lambda: float(usage()))
+        self._cache_config.labels(self.model_name, str(blocks[0]), str(blocks[1])).set(1)
+
+    def track_prefix_cache(self, tokens: Callable[[], tuple[int, int]]) -> None:
+        """Export vLLM's prefix-cache counters, in prompt tokens, from `tokens()` = (queried, hit)
+        read at each scrape: how much of the prompts the KV cells of earlier requests served."""
+        self.registry.register(_PrefixCacheCollector(self.model_name, tokens))
+
     def kv_cache_per_slot(self, nbytes: int) -> None:
         self._kv_per_slot.labels(self.model_name).set(nbytes)
 
@@ -110,3 +134,22 @@ class Metrics:
         self._prompt_tokens.inc(event.prompt_tokens)
         self._generation_tokens.inc(event.completion_tokens)
         self._success.labels(self.model_name, event.reason).inc()
+
+
+class _PrefixCacheCollector(Collector):
+    """`vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total` from the engine's own
+    counters (the engine counts on its scheduler thread; a scrape only reads two integers)."""
+
+    def __init__(self, model_name: str, tokens: Callable[[], tuple[int, int]]) -> None:
+        self._model_name = model_name
+        self._tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        queried, hit = self._tokens()
+        for name, text, value in (
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queried),
+            ("vllm:prefix_cache_hits", "Prompt tokens served from the prefix cache.", hit),
+        ):
+            family = CounterMetricFamily(name, text, labels=["model_name"])
+            family.add_metric([self._model_name], float(value))
+            yield family

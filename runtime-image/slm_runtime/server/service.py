@@ -107,6 +107,15 @@ class Service:
         kv_bytes = getattr(self.engine, "kv_bytes_per_slot", 0)  # only the batched GGUF engine knows
         if kv_bytes:
             self.metrics.kv_cache_per_slot(kv_bytes)
+        usage, blocks = (
+            getattr(self.engine, "kv_cache_usage", None),
+            getattr(self.engine, "kv_cache_blocks", None),
+        )
+        if callable(usage) and callable(blocks):  # the batched GGUF engine, which knows its cells
+            self.metrics.track_kv_cache(usage, blocks())
+        prefix = getattr(self.engine, "prefix_cache_tokens", None)
+        if callable(prefix):
+            self.metrics.track_prefix_cache(prefix)
 
     async def wait_load_failed(self) -> str:
         """Return the error if loading fails; never returns if it succeeds (for the CLI to exit)."""
