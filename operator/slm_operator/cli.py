@@ -31,6 +31,7 @@ from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
 from slm_operator.settings import (
     Settings,
+    autoscale_from_env,
     gateway_namespace_from_env,
     gateway_url_from_env,
     image_from_env,
@@ -109,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         gateway_url=gateway_url_from_env(),
         workers=args.workers,
         peering_lifetime=args.peering_lifetime,
+        autoscale_seconds=autoscale_from_env()[0],
+        demand_url=autoscale_from_env()[1],
     )
     run_operator(settings)
     return 0

@@ -9,11 +9,12 @@ only when it changes: a plan with nothing to do makes no API call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from slm_operator.api import SLMDeploymentSpec
+from slm_operator.autoscale.handover import replicas_hand_overs
 from slm_operator.errors import SecretNotFoundError, SlmOperatorError
 from slm_operator.placement import Placement
 from slm_operator.reconcile.plan import (
@@ -54,6 +55,7 @@ class Cluster(Protocol):
     ) -> list[Obj]: ...
     def delete(self, obj: Obj) -> None: ...
     def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None: ...
+    def hand_over(self, obj: Obj) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,13 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
-def execute(plan: Plan, cluster: Cluster) -> Outcome:
-    """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile."""
+def execute(plan: Plan, cluster: Cluster, hand_overs: Sequence[Obj] = ()) -> Outcome:
+    """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile.
+
+    `hand_overs` (`autoscale.handover.replicas_hand_overs`) are applied first, under their own
+    field manager, so that a Deployment keeps its replica count when the operator stops owning it."""
+    for obj in hand_overs:
+        cluster.hand_over(obj)
     applied = [cluster.apply(step.obj) for step in plan.apply]
     for step in plan.delete:
         cluster.delete(step.obj)
@@ -136,7 +143,7 @@ def reconcile(
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
     )
-    return execute(the_plan, cluster)
+    return execute(the_plan, cluster, replicas_hand_overs(the_plan, observed.children))
 
 
 def report_failure(
