@@ -6,6 +6,7 @@
 | status | slm.dev: slmdeployments/status | get patch |
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
 | children: apply, prune, watch | the 8 `plan.CHILDREN` | get list watch create patch delete |
+| the operator's autoscaler (targetInFlightRequests) | apps: deployments/scale | patch |
 | the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
 | auth Secret check | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
@@ -40,6 +41,7 @@ def rules(*, peering: bool = True) -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         *_child_rules(),
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

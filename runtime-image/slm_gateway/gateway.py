@@ -285,11 +285,12 @@ class Gateway:
         deadline = time.monotonic() + limit
         self.demand.hold(target, time.monotonic())
         self.metrics.held.labels(model).inc()
-        outcome = "timeout"
+        outcome = "gone"  # unless forwarded or timed out: the client left (or was cancelled)
         try:
             while not self.fleet.endpoints_of(model):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    outcome = "timeout"
                     raise NoEndpointError(
                         f"model '{model}' is starting (it was scaled to zero) and had no ready pod "
                         f"after {limit:g}s; retry shortly",
@@ -299,9 +300,6 @@ class Gateway:
                 with contextlib.suppress(TimeoutError):
                     await until_disconnect(call.request, asyncio.wait_for(changed, min(remaining, 1.0)))
             outcome = "forwarded"
-        except ClientGoneError:
-            outcome = "gone"
-            raise
         finally:
             self.demand.release(target, time.monotonic())
             self.metrics.held.labels(model).dec()

@@ -95,7 +95,10 @@ class ContextSources:
 
 
 def http_demand(url: str, timeout: float = 2.0) -> DemandSource:
-    """A `DemandSource` that GETs the gateway's `/demand` (None on any failure)."""
+    """A `DemandSource` that GETs the gateway's `/demand` (None on any failure).
+
+    httpx logs every request at INFO; once a second is noise in the operator's log."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     def fetch() -> dict[str, Demand] | None:
         try:
