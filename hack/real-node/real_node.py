@@ -922,17 +922,19 @@ def teardown(state: dict[str, Any]) -> None:
 
 
 def stop_demo_operator() -> None:
-    """The `slm-operator run` that demo.sh started, if it still runs (its pid file is ours)."""
-    pidfile = STATE / "demo-operator.pid"
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return
-    line = cmdline(pid)
-    if line and "slm-operator" in line and " run " in f"{line} ":
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    pidfile.unlink(missing_ok=True)
+    """What demo.sh started, if it still runs (their pid files are ours): `slm-operator run` and
+    the model source (model_source.py serve)."""
+    for name, marker in (("demo-operator.pid", "slm-operator"), ("demo-model-source.pid", "model_source.py")):
+        pidfile = STATE / name
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        line = cmdline(pid)
+        if line and marker in line:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        pidfile.unlink(missing_ok=True)
 
 
 def unmount_all() -> None:
