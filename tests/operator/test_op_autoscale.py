@@ -28,7 +28,7 @@ from slm_operator.autoscale.decide import (
     decide,
 )
 from slm_operator.autoscale.demand import demand_url, parse_demand
-from slm_operator.autoscale.handover import replicas_hand_overs
+from slm_operator.autoscale.handover import KEPT_ANNOTATION, keep_replicas, replicas_hand_overs
 from slm_operator.autoscale.loop import Autoscaler, status_patch
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.plan import Observed, key_of, observed_form, plan
@@ -465,3 +465,46 @@ def test_metrics_record_scale_decisions() -> None:
         )
         == 2
     )
+
+
+# --- switching autoscaling off keeps the count until spec.replicas says otherwise -----------------
+
+
+def _stored_deployment(cluster: FakeCluster) -> Obj:
+    return next(o for o in cluster.objects.values() if o["kind"] == "Deployment")
+
+
+def test_switching_autoscaling_off_keeps_the_live_count_until_spec_replicas_changes() -> None:
+    cluster = HandOverCluster()
+    scaled = {"enabled": True, "minReplicas": 1, "maxReplicas": 5, "targetInFlightRequests": 2}
+    _run(cluster, _spec(scaled, replicas=3))
+    assert "replicas" not in _stored_deployment(cluster)["spec"]
+    _stored_deployment(cluster)["spec"]["replicas"] = 4  # what the autoscaler left
+
+    _run(cluster, _spec({"enabled": False}, replicas=3))
+    dep = _stored_deployment(cluster)
+    assert dep["spec"]["replicas"] == 4
+    assert dep["metadata"]["annotations"][KEPT_ANNOTATION] == "4/3"
+    _run(cluster, _spec({"enabled": False}, replicas=3, image="img:2"))  # any other change: still 4
+    assert _stored_deployment(cluster)["spec"]["replicas"] == 4
+
+    _run(cluster, _spec({"enabled": False}, replicas=2, image="img:2"))  # spec.replicas says otherwise
+    dep = _stored_deployment(cluster)
+    assert dep["spec"]["replicas"] == 2
+    assert KEPT_ANNOTATION not in (dep["metadata"].get("annotations") or {})
+
+
+def test_keep_replicas_is_pure_and_leaves_plain_deployments_alone() -> None:
+    rendered = [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 3}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "d"}, "spec": {}},
+    ]
+    key = ("apps/v1", "Deployment", "ns", "d")
+    live = {"spec": {"replicas": 5}}
+    assert keep_replicas(rendered, "ns", {}, live) == rendered  # new Deployment: spec.replicas
+    assert (
+        keep_replicas(rendered, "ns", {key: {"spec": {"replicas": 3}}}, live) == rendered
+    )  # never autoscaled
+    kept = keep_replicas(rendered, "ns", {key: {"spec": {}}}, live)
+    assert kept[0]["spec"]["replicas"] == 5 and rendered[0]["spec"]["replicas"] == 3
+    assert keep_replicas(rendered, "ns", {key: {"spec": {}}}, {"spec": {"replicas": 3}}) == rendered

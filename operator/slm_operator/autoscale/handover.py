@@ -50,3 +50,61 @@ def replicas_hand_overs(plan: Plan, children: Mapping[Key, Mapping[str, Any]]) -
             }
         )
     return out
+
+
+KEPT_ANNOTATION = "slm.dev/replicas-kept"
+"""On a Deployment whose autoscaling was switched off: `COUNT/SPEC`, the count it kept (what the
+autoscaler left) and the `spec.replicas` it was kept against. Dropped once `spec.replicas` changes."""
+
+
+def _kept(value: object) -> tuple[int, int] | None:
+    count, _, spec = str(value or "").partition("/")
+    return (int(count), int(spec)) if count.isdigit() and spec.isdigit() else None
+
+
+def keep_replicas(
+    objs: list[Obj],
+    namespace: str,
+    children: Mapping[Key, Mapping[str, Any]],
+    live: Mapping[str, Any] | None,
+) -> list[Obj]:
+    """`objs` (rendered) with the Deployment's replicas kept at the live count after autoscaling
+    was switched off, until `spec.replicas` says otherwise (pure; new dicts for what it changes).
+
+    Switched off = the rendered Deployment carries `spec.replicas` again while the remembered one
+    (the operator's last apply) did not. The count kept and the spec it was kept against go into
+    `KEPT_ANNOTATION`, so later reconciles (and a restarted operator) keep it too; a new
+    `spec.replicas` ends it."""
+    out: list[Obj] = []
+    for obj in objs:
+        spec = obj.get("spec") or {}
+        if obj.get("kind") != "Deployment" or "replicas" not in spec:
+            out.append(obj)
+            continue
+        wanted = int(spec["replicas"])
+        key = (str(obj["apiVersion"]), "Deployment", namespace, str(obj["metadata"]["name"]))
+        remembered = children.get(key)
+        annotations = ((remembered or {}).get("metadata") or {}).get("annotations") or {}
+        kept = _kept(annotations.get(KEPT_ANNOTATION))
+        count: int | None = None
+        if kept is not None and kept[1] == wanted:
+            count = kept[0]
+        elif kept is None and remembered is not None and "replicas" not in (remembered.get("spec") or {}):
+            live_count = ((live or {}).get("spec") or {}).get("replicas")
+            if live_count is not None and int(live_count) != wanted:
+                count = int(live_count)
+        if count is None:
+            out.append(obj)
+            continue
+        meta = obj["metadata"]
+        out.append(
+            {
+                **obj,
+                "metadata": {
+                    **meta,
+                    "annotations": {**(meta.get("annotations") or {}), KEPT_ANNOTATION: f"{count}/{wanted}"},
+                },
+                "spec": {**spec, "replicas": count},
+            }
+        )
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from slm_operator.api import SLMDeploymentSpec
-from slm_operator.autoscale.handover import replicas_hand_overs
+from slm_operator.autoscale.handover import keep_replicas, replicas_hand_overs
 from slm_operator.errors import SecretNotFoundError, SlmOperatorError
 from slm_operator.placement import Placement
 from slm_operator.reconcile.plan import (
@@ -133,13 +133,18 @@ def reconcile(
     owner = Owner.from_body(body)
     spec = parse_spec(body)
     check_secret(spec, owner.namespace, cluster)
+
+    def rendered(ctx: RenderContext) -> list[Obj]:
+        # autoscaling switched off: the live count stays until spec.replicas says otherwise
+        return keep_replicas(render(ctx), owner.namespace, observed.children, observed.deployment)
+
     the_plan = plan(
         body,
         observed,
         image=image,
         timestamp=timestamp or now_rfc3339(),
         spec=spec,
-        render=render,
+        render=rendered,
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
     )

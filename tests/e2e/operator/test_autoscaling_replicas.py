@@ -3,7 +3,8 @@
 - Autoscaling switched on for a Deployment running 3 pods, together with a change that makes the
   operator apply the Deployment again: the count never drops below 3 (a watch sees every version
   of the Deployment), because the operator hands `spec.replicas` over to a second field manager
-  before its apply leaves the field out; switched off again, it stays.
+  before its apply leaves the field out; switched off again, the count the autoscaler left (4)
+  stays until `spec.replicas` changes.
 - One writer: with in-flight autoscaling the operator's autoscaler owns `spec.replicas` (its field
   manager in managedFields, the operator's apply never), and a `kubectl scale` is corrected by it.
 
@@ -87,36 +88,37 @@ def _deployment_replicas(api: client.ApiClient, namespace: str, name: str) -> in
     return int(client.AppsV1Api(api).read_namespaced_deployment(name, namespace).spec.replicas)
 
 
-IN_FLIGHT = {"enabled": True, "minReplicas": 3, "maxReplicas": 5, "targetInFlightRequests": 2}
+IN_FLIGHT = {"enabled": True, "minReplicas": 4, "maxReplicas": 5, "targetInFlightRequests": 2}
 
 
 def test_switching_autoscaling_on_and_off_never_drops_the_running_count(
     kube_api: client.ApiClient, slm_namespace: str, history: list[ReplicaHistory]
 ) -> None:
     name = "handover"
+    apps = client.AppsV1Api(kube_api)
     support.create(kube_api, slm_namespace, support.tiny(name, replicas=3))
     support.wait_condition(kube_api, slm_namespace, name, "Ready", "True", timeout=90)
     assert _replicas_managers(kube_api, slm_namespace, name) == {"slm-operator/Apply"}
     watched = ReplicaHistory(kube_api, slm_namespace, name)
     history.append(watched)
 
-    # autoscaling on, with a pod annotation so that the Deployment is applied again right away
+    # on (at least 4 pods), with a pod annotation so that the Deployment is applied again at once
     support.patch_spec(
         kube_api, slm_namespace, name, {"autoscaling": IN_FLIGHT, "podAnnotations": {"e2e/step": "on"}}
     )
 
     def applied_without_replicas() -> set[str] | None:
-        dep = client.AppsV1Api(kube_api).read_namespaced_deployment(name, slm_namespace)
+        dep = apps.read_namespaced_deployment(name, slm_namespace)
         if (dep.spec.template.metadata.annotations or {}).get("e2e/step") != "on":
             return None
         owners = _replicas_managers(kube_api, slm_namespace, name)
         return owners if "slm-operator/Apply" not in owners else None
 
     owners = wait_for(applied_without_replicas, 30, "the Deployment applied without spec.replicas")
-    assert owners & {"slm-operator-handover/Apply", "slm-operator-autoscaler/Update"}, owners
-    support.wait_condition(kube_api, slm_namespace, name, "Ready", "True", timeout=60)
+    assert "slm-operator-handover/Apply" in owners, owners
+    wait_for(lambda: watched.seen[-1] == 4, 30, "the autoscaler raising the count to minReplicas 4")
 
-    # and off again, spec.replicas saying 3
+    # off, spec.replicas still 3: the count the autoscaler left (4) stays
     support.patch_spec(
         kube_api,
         slm_namespace,
@@ -124,16 +126,27 @@ def test_switching_autoscaling_on_and_off_never_drops_the_running_count(
         {"autoscaling": {"enabled": False}, "podAnnotations": {"e2e/step": "off"}},
     )
 
-    def applied_with_replicas() -> bool:
-        dep = client.AppsV1Api(kube_api).read_namespaced_deployment(name, slm_namespace)
-        on = (dep.spec.template.metadata.annotations or {}).get("e2e/step") == "off"
-        return on and "slm-operator/Apply" in _replicas_managers(kube_api, slm_namespace, name)
+    def kept() -> client.V1Deployment | None:
+        dep = apps.read_namespaced_deployment(name, slm_namespace)
+        off = (dep.spec.template.metadata.annotations or {}).get("e2e/step") == "off"
+        return (
+            dep if off and "slm-operator/Apply" in _replicas_managers(kube_api, slm_namespace, name) else None
+        )
 
-    wait_for(applied_with_replicas, 30, "the operator applying spec.replicas again")
+    dep = wait_for(kept, 30, "the operator applying spec.replicas again")
+    assert dep.spec.replicas == 4
+    assert dep.metadata.annotations["slm.dev/replicas-kept"] == "4/3"
     support.wait_condition(kube_api, slm_namespace, name, "Ready", "True", timeout=60)
-    seen = watched.stop()
+    seen = list(watched.seen)
     assert len(seen) > 3, seen  # the watch saw the rollouts
-    assert min(seen) == 3 and seen[-1] == 3, seen
+    assert min(seen) == 3, seen  # never below the count it ran at
+
+    # until spec.replicas says otherwise
+    support.patch_spec(kube_api, slm_namespace, name, {"replicas": 2})
+    wait_for(lambda: watched.seen[-1] == 2, 30, "spec.replicas 2 applied")
+    dep = apps.read_namespaced_deployment(name, slm_namespace)
+    assert "slm.dev/replicas-kept" not in (dep.metadata.annotations or {})
+    watched.stop()
 
 
 def test_the_autoscaler_is_the_one_writer_and_corrects_kubectl_scale(
