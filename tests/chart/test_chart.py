@@ -682,3 +682,7 @@ def test_dashboard_graphs_replicas_against_requests_in_flight(tmp_path: Path) ->
         "slm_gateway_held_requests",
     ]:
         assert metric in exprs and metric in exported, metric
+    import promql_parser
+
+    for target in panel["targets"]:
+        promql_parser.parse(target["expr"])

@@ -26,10 +26,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from kubernetes import client
 
 from .helpers import REPO_ROOT, wait_for
@@ -39,15 +42,6 @@ pytestmark = REALNODE_MARKS
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 HEALTH_SCRIPT = REPO_ROOT / "examples" / "gitops" / "argocd" / "slmdeployment-health.lua"
-
-
-def _replicas(api: client.ApiClient, ns: str, name: str) -> int:
-    return int(client.AppsV1Api(api).read_namespaced_deployment(name, ns).spec.replicas)
-
-
-def _status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    return dict(obj)
 
 
 def _argocd_health(obj: dict[str, Any]) -> str | None:
@@ -61,18 +55,46 @@ def _argocd_health(obj: dict[str, Any]) -> str | None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=True,
     )
     return str(json.loads(out.stdout)["status"])
 
 
-def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(
+@dataclass(frozen=True)
+class Scaled:
+    """The autoscaled SLMDeployment of the real SmolLM2, and where to reach it."""
+
+    api: client.ApiClient
+    kubeconfig: str
+    ns: str
+    name: str
+    model: str
+    chat_url: str
+
+    def replicas(self) -> int:
+        return int(client.AppsV1Api(self.api).read_namespaced_deployment(self.name, self.ns).spec.replicas)
+
+    def obj(self) -> dict[str, Any]:
+        found = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, self.name
+        )
+        return dict(found)
+
+    def ask(self, http: httpx.Client, max_tokens: int = 48) -> httpx.Response:
+        payload = {"model": self.model, "messages": QUESTION, "max_tokens": max_tokens, "temperature": 0}
+        return http.post(self.chat_url, json=payload)
+
+
+@pytest.fixture
+def scaled(
+    *,
     kube_api: client.ApiClient,
     kubeconfig: str,
     operator_ns: str,
     test_image: str,
     model_server: dict[str, Any],
     fleet_gateway: str,
-) -> None:
+) -> Iterator[Scaled]:
     ns, name, model = operator_ns, "scaled", "smollm2-scaled"
     real = model_server["smollm2"]
     body = slmd(name, test_image, real["uri"], real["sha256"], model=model, quantization="Q4_1", parallel=2)
@@ -86,58 +108,51 @@ def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(
     }
     custom = client.CustomObjectsApi(kube_api)
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-    ready_pod(kube_api, kubeconfig, ns, name, timeout=300)
-    chat_url = f"{fleet_gateway}/v1/chat/completions"
+    try:
+        yield Scaled(kube_api, kubeconfig, ns, name, model, f"{fleet_gateway}/v1/chat/completions")
+    finally:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
-    def ask(http: httpx.Client, max_tokens: int = 48) -> httpx.Response:
-        payload = {"model": model, "messages": QUESTION, "max_tokens": max_tokens, "temperature": 0}
-        return http.post(chat_url, json=payload)
 
-    wait_for(lambda: ask(httpx.Client(timeout=60)).status_code == 200, 60, "the gateway to route to the pod")
-
-    # 1. four clients keep 4 requests in flight: 2 pods; then none: back to 1
+def _scale_out_and_in_under_load(s: Scaled) -> None:
+    """Four clients keep 4 requests in flight: 2 pods (both Ready); then none: back to 1."""
     stop, answered, failed = threading.Event(), [0], [0]
 
     def load() -> None:
         with httpx.Client(timeout=120) as http:
             while not stop.is_set():
-                counts = answered if ask(http, max_tokens=96).status_code == 200 else failed
+                counts = answered if s.ask(http, max_tokens=96).status_code == 200 else failed
                 counts[0] += 1
 
     workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     for worker in workers:
         worker.start()
     try:
+        wait_for(lambda: s.replicas() == 2, 120, "2 pods under 4 requests in flight", interval=1)
         wait_for(
-            lambda: _replicas(kube_api, ns, name) == 2, 120, "2 pods under 4 requests in flight", interval=1
-        )
-        wait_for(
-            lambda: sum(1 for p in pods_of(kube_api, ns, name) if _ready(p)) == 2,
+            lambda: sum(1 for p in pods_of(s.api, s.ns, s.name) if _ready(p)) == 2,
             300,
             "the second pod Ready",
             interval=2,
         )
     except TimeoutError as e:
-        raise AssertionError(
-            f"{e}: {_status(kube_api, ns, name).get('status')}\n{describe(kubeconfig, ns)}"
-        ) from None
+        raise AssertionError(f"{e}: {s.obj().get('status')}\n{describe(s.kubeconfig, s.ns)}") from None
     finally:
         stop.set()
         for worker in workers:
             worker.join(timeout=120)
     assert answered[0] > 0 and failed[0] == 0, (answered, failed)
-    up = _status(kube_api, ns, name)["status"]["autoscaling"]
-    print(f"scaled up: {up}", file=sys.stderr)
-    wait_for(
-        lambda: _replicas(kube_api, ns, name) == 1, 120, "back to 1 pod once the load stopped", interval=1
-    )
+    print(f"scaled up: {s.obj()['status']['autoscaling']}", file=sys.stderr)
+    wait_for(lambda: s.replicas() == 1, 120, "back to 1 pod once the load stopped", interval=1)
 
-    # 2. idle for scaleToZeroAfter: 0 pods, and the status and GitOps health say it is fine
-    wait_for(lambda: _replicas(kube_api, ns, name) == 0, 120, "scaled to zero after 30 s idle", interval=1)
-    wait_for(lambda: not pods_of(kube_api, ns, name), 120, "the last pod gone", interval=1)
+
+def _idle_to_zero(s: Scaled) -> None:
+    """scaleToZeroAfter without requests: 0 pods, and the status and GitOps health say it is fine."""
+    wait_for(lambda: s.replicas() == 0, 120, "scaled to zero after 30 s idle", interval=1)
+    wait_for(lambda: not pods_of(s.api, s.ns, s.name), 120, "the last pod gone", interval=1)
 
     def idle_status() -> dict[str, Any] | None:
-        obj = _status(kube_api, ns, name)
+        obj = s.obj()
         ready = next((c for c in obj["status"]["conditions"] if c["type"] == "Ready"), {})
         return obj if ready.get("reason") == "ScaledToZeroOnIdle" else None
 
@@ -148,18 +163,14 @@ def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(
     assert obj["status"]["autoscaling"]["reason"] in ("ScaledToZero", "Steady")
     assert _argocd_health(obj) in (None, "Healthy")
 
-    # 3. a request at zero: held by the gateway, answered once the woken pod is Ready
+
+def _first_request_from_zero(s: Scaled) -> tuple[float, float]:
+    """One streamed request at zero: (seconds to the first token, to the end of the answer)."""
     t0 = time.monotonic()
     first_token = None
     text = ""
-    with (
-        httpx.Client(timeout=300) as http,
-        http.stream(
-            "POST",
-            chat_url,
-            json={"model": model, "messages": QUESTION, "max_tokens": 24, "temperature": 0, "stream": True},
-        ) as stream,
-    ):
+    payload = {"model": s.model, "messages": QUESTION, "max_tokens": 24, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=300) as http, http.stream("POST", s.chat_url, json=payload) as stream:
         assert stream.status_code == 200, stream.read()
         for line in stream.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -172,9 +183,19 @@ def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(
                 text += delta or ""
                 if choice.get("finish_reason"):
                     assert choice["finish_reason"] == "stop", chunk
-    total = time.monotonic() - t0
     assert first_token is not None and "Paris" in text, text
-    woken = _status(kube_api, ns, name)["status"]["autoscaling"]
+    return first_token, time.monotonic() - t0
+
+
+def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(scaled: Scaled) -> None:
+    s = scaled
+    ready_pod(s.api, s.kubeconfig, s.ns, s.name, timeout=300)
+    wait_for(
+        lambda: s.ask(httpx.Client(timeout=60)).status_code == 200, 60, "the gateway to route to the pod"
+    )
+    _scale_out_and_in_under_load(s)
+    _idle_to_zero(s)
+    first_token, total = _first_request_from_zero(s)
     print(
         f"cold start from zero: first token after {first_token:.1f}s, answer after {total:.1f}s",
         file=sys.stderr,
@@ -182,15 +203,13 @@ def test_in_flight_scaling_and_scale_to_zero_with_a_held_first_request(
     _record_timing(
         {"scale_from_zero_first_token_s": round(first_token, 1), "scale_from_zero_answer_s": round(total, 1)}
     )
+    woken = s.obj()["status"]["autoscaling"]
     assert woken["reason"] in ("WokenByRequest", "Steady"), woken
-    events = (
-        client.CoreV1Api(kube_api)
-        .list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
-        .items
+    events = client.CoreV1Api(s.api).list_namespaced_event(
+        s.ns, field_selector=f"involvedObject.name={s.name}"
     )
-    reasons = {e.reason for e in events}
+    reasons = {e.reason for e in events.items}
     assert {"ScaledUp", "ScaledDown", "ScaledToZero", "WokenByRequest"} <= reasons, reasons
-    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
 
 def _ready(pod: client.V1Pod) -> bool:

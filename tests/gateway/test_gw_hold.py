@@ -124,7 +124,7 @@ def test_past_the_hold_timeout_a_503_with_retry_after_in_the_api_format(
 
 
 def test_an_unknown_model_is_still_404_and_hold_zero_refuses_at_once(tmp_path: Path) -> None:
-    app, gw, _ = _app(tmp_path, hold=0)
+    app, _, _ = _app(tmp_path, hold=0)
 
     async def main() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
