@@ -366,6 +366,9 @@ class Caches:
     def written(self, patched: Obj) -> None:
         self.writes.append(patched)
 
+    def scaled(self, namespace: str, name: str, replicas: int) -> None:
+        self.writes.append({"scaled": replicas})
+
 
 class ScaleApi:
     def __init__(self, caches: Caches) -> None:
@@ -508,3 +511,31 @@ def test_keep_replicas_is_pure_and_leaves_plain_deployments_alone() -> None:
     kept = keep_replicas(rendered, "ns", {key: {"spec": {}}}, live)
     assert kept[0]["spec"]["replicas"] == 5 and rendered[0]["spec"]["replicas"] == 3
     assert keep_replicas(rendered, "ns", {key: {"spec": {}}}, {"spec": {"replicas": 3}}) == rendered
+
+
+def test_context_sources_write_a_scale_through_into_the_deployment_cache() -> None:
+    """A reconcile right after a scale (autoscaling switched off) must see the new count."""
+    from slm_operator.autoscale.loop import ContextSources
+    from slm_operator.reconcile.context import OperatorContext
+    from slm_operator.settings import Settings
+
+    ctx = OperatorContext(settings=Settings(), cluster=FakeCluster())  # type: ignore[arg-type]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "m",
+            "namespace": "ns",
+            "labels": {"slm.dev/deployment": "m"},
+            "resourceVersion": "7",
+        },
+        "spec": {"replicas": 3, "template": {"spec": {"containers": []}}},
+        "status": {"readyReplicas": 3},
+    }
+    ctx.applied.observe_deployment(deployment)
+    ContextSources(ctx).scaled("ns", "m", 4)
+    cached = ctx.applied.deployment("ns", "m")
+    assert cached is not None and cached["spec"]["replicas"] == 4
+    assert cached["status"] == {"readyReplicas": 3}
+    ContextSources(ctx).scaled("ns", "unknown", 2)  # never seen: nothing to write through
+    assert ctx.applied.deployment("ns", "unknown") is None

@@ -38,6 +38,7 @@ from slm_operator.autoscale.decide import (
 from slm_operator.autoscale.demand import parse_demand
 from slm_operator.errors import SlmOperatorError
 from slm_operator.reconcile.status import now_rfc3339
+from slm_operator.render import DEPLOYMENT_LABEL
 
 if TYPE_CHECKING:
     from slm_operator.reconcile.context import OperatorContext
@@ -68,6 +69,7 @@ class Sources(Protocol):
     def owners(self) -> list[Obj]: ...
     def deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def written(self, patched: Obj) -> None: ...
+    def scaled(self, namespace: str, name: str, replicas: int) -> None: ...
 
 
 class ScaleMetrics(Protocol):
@@ -92,6 +94,24 @@ class ContextSources:
 
     def written(self, patched: Obj) -> None:
         self.ctx.cache.owners.upsert(patched)
+
+    def scaled(self, namespace: str, name: str, replicas: int) -> None:
+        """Write the new count through into the Deployment cache, so that a reconcile that runs
+        before the watch event (autoscaling switched off right now) keeps this count, not the old."""
+        known = self.ctx.applied.deployment(namespace, name)
+        if known is None:
+            return
+        meta = {**(known.get("metadata") or {}), "namespace": namespace, "labels": {DEPLOYMENT_LABEL: name}}
+        spec = {**(known.get("spec") or {}), "replicas": replicas}
+        self.ctx.applied.observe_deployment(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": meta,
+                "spec": spec,
+                "status": known.get("status"),
+            }
+        )
 
 
 def http_demand(url: str, timeout: float = 2.0) -> DemandSource:
@@ -222,6 +242,7 @@ class Autoscaler:
                 self.sources.written(patched)
         if decision.changes:
             self.cluster.scale(key[0], key[1], decision.desired)
+            self.sources.scaled(key[0], key[1], decision.desired)
             self._pending[key] = (decision.desired, self.clock())
             log.info(
                 "autoscaler: %s/%s %d -> %d (%s: %s)",
