@@ -34,6 +34,7 @@ from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
 from slm_operator.settings import (
     Settings,
+    autoscale_from_env,
     gateway_namespace_from_env,
     gateway_url_from_env,
     image_from_env,
@@ -132,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         check_auth_secrets=(
             args.check_auth_secrets if args.check_auth_secrets is not None else bool(args.namespace)
         ),
+        autoscale_seconds=autoscale_from_env()[0],
+        demand_url=autoscale_from_env()[1],
     )
     run_operator(settings)
     return 0

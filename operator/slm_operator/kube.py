@@ -37,6 +37,10 @@ from slm_operator.errors import KubeError, NamespaceTerminatingError
 Obj = dict[str, Any]
 T = TypeVar("T")
 FIELD_MANAGER = "slm-operator"
+HANDOVER_SUFFIX = "-handover"
+"""`FIELD_MANAGER` + this: the field manager of `Kube.hand_over` (see `autoscale.handover`)."""
+AUTOSCALER_SUFFIX = "-autoscaler"
+"""`FIELD_MANAGER` + this: the field manager of `Kube.scale`, the operator's own autoscaler."""
 log = logging.getLogger("slm_operator.kube")
 
 
@@ -208,6 +212,51 @@ class Kube:
             content_type="application/apply-patch+yaml",  # JSON is YAML
         )
         return self._object(what, found, obj["apiVersion"], obj["kind"])
+
+    def hand_over(self, obj: Obj) -> bool:
+        """Server-side apply `obj` under the hand-over field manager, without force.
+
+        See `slm_operator.autoscale.handover`; the manager is this client's own plus `-handover`.
+
+        False when another manager owns a field of `obj` with a different value (409): it is
+        no longer the operator's to hand over."""
+        meta = obj["metadata"]
+        what = f"hand over {obj['kind']} {meta.get('namespace')}/{meta['name']}"
+        resource = self._call(what, lambda: self._resource(obj["apiVersion"], obj["kind"]))
+        try:
+            with _mapped(what):
+                self._client().server_side_apply(  # type: ignore[no-untyped-call]
+                    resource,
+                    body=obj,
+                    field_manager=self._field_manager + HANDOVER_SUFFIX,
+                    force_conflicts=False,
+                )
+        except KubeError as err:
+            if err.status != 409:
+                raise
+            log.info("%s: %s", what, err)
+            return False
+        return True
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replica count through its scale subresource, as the autoscaler.
+
+        An update of the subresource under its own field manager (as the HPA does): the
+        Deployment's managedFields show who set `spec.replicas`, and the operator's apply (which
+        leaves the field out while autoscaled) never contends with it."""
+        what = f"scale Deployment {namespace}/{name} to {replicas}"
+        resource = self._call(what, lambda: self._resource("apps/v1", "Deployment"))
+        self._call(
+            what,
+            lambda: self._client().patch(  # type: ignore[no-untyped-call]
+                resource.scale,
+                body={"spec": {"replicas": replicas}},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+                field_manager=self._field_manager + AUTOSCALER_SUFFIX,
+            ),
+        )
 
     def list_labelled(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[Obj]:
         """Objects with the label `selector` in `namespace` (None: in every namespace)."""

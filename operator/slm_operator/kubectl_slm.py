@@ -98,10 +98,23 @@ def variant_text(obj: Obj) -> str:
 
 
 def replicas_text(obj: Obj) -> str:
+    """ready/desired, or `zero (idle)` for a model the autoscaler scaled to zero (it wakes on the
+    next request at the gateway)."""
     status = obj.get("status") or {}
     if status.get("replicas") is None and status.get("readyReplicas") is None:
         return NONE
+    if not status.get("replicas") and (status.get("autoscaling") or {}).get("desiredReplicas") == 0:
+        return "zero (idle)"
     return f"{status.get('readyReplicas') or 0}/{status.get('replicas') or 0}"
+
+
+def autoscaling_text(obj: Obj) -> str | None:
+    """The autoscaler line of `kubectl slm status`: desired vs current and why."""
+    scaling = (obj.get("status") or {}).get("autoscaling") or {}
+    if not scaling:
+        return None
+    text = f"{scaling.get('currentReplicas')} -> {scaling.get('desiredReplicas')} ({scaling.get('reason')})"
+    return f"{text}: {scaling['message']}" if scaling.get("message") else text
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,9 @@ def format_status(obj: Obj, events: Sequence[Obj], now: dt.datetime) -> str:
     ]
     if status.get("message"):
         lines.append(f"Message:     {status['message']}")
+    scaling = autoscaling_text(obj)
+    if scaling is not None:
+        lines.append(f"Autoscaler:  {scaling}")
     lines.append("Conditions:")
     conditions = status.get("conditions") or []
     if conditions:

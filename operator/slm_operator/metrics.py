@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from slm_operator.autoscale.decide import Decision
 
 
 class Metrics:
@@ -35,6 +39,25 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.scale_decisions = Counter(
+            f"{prefix}_scale_decisions",
+            "Replica changes the operator's autoscaler made, by reason (ScaledUp, ScaledDown, "
+            "ScaledToZero, WokenByRequest, OutOfBounds).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.desired_replicas = Gauge(
+            f"{prefix}_autoscaler_desired_replicas",
+            "Pods the operator's autoscaler wants, per SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.current_replicas = Gauge(
+            f"{prefix}_autoscaler_current_replicas",
+            "Pods the Deployment had at the autoscaler's last decision, per SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._by_owner: dict[tuple[str, str], dict[str, int]] = {}
         self._kinds: set[str] = set()
@@ -53,6 +76,13 @@ class Metrics:
             self._kinds |= set(totals)
             for kind in self._kinds:
                 self.managed.labels(kind=kind).set(totals.get(kind, 0))
+
+    def record_scale(self, owner: tuple[str, str], decision: Decision) -> None:
+        """One autoscaler decision: the gauges always, the counter when replicas changed."""
+        self.desired_replicas.labels(*owner).set(decision.desired)
+        self.current_replicas.labels(*owner).set(decision.current)
+        if decision.changes:
+            self.scale_decisions.labels(reason=decision.reason).inc()
 
     def serve(self, port: int) -> None:
         """Expose /metrics on `port` (0 disables)."""

@@ -11,6 +11,7 @@ the per-namespace Roles add `get secrets`, and the operator checks it before app
 | status | slm.dev: slmdeployments/status | get patch |
 | ownerReferences with blockOwnerDeletion | slm.dev: slmdeployments/finalizers | update |
 | children: apply, prune, watch | `plan.CHILDREN` (InferencePool too) | get list watch create patch delete |
+| the operator's autoscaler (targetInFlightRequests) | apps: deployments/scale | patch |
 | the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
 | auth Secret check, namespaced mode only (`namespaced_rules`) | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
@@ -50,6 +51,7 @@ def rules(*, peering: bool = True, secrets: bool = False) -> list[dict[str, Any]
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         *_child_rules(),
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         *([SECRET_RULE] if secrets else []),

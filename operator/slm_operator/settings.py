@@ -32,6 +32,10 @@ class Settings:
     """Namespace of slm-gateway ($SLM_GATEWAY_NAMESPACE); model pods' NetworkPolicies admit it."""
     gateway_url: str | None = None
     """The gateway's OpenAI base URL ($SLM_GATEWAY_URL), shown as status.endpoints.fleet."""
+    autoscale_seconds: float = 5.0
+    """How often the operator's autoscaler reads the gateway's demand ($SLM_AUTOSCALE_SECONDS)."""
+    demand_url: str | None = None
+    """Where it reads it ($SLM_DEMAND_URL); unset: `/demand` next to `gateway_url`."""
     workers: int = 16
     """kopf's handler threads (reconciles in parallel; each mostly waits on the API server)."""
     peering_lifetime: int = 60
@@ -88,3 +92,14 @@ def priority_from_env(env: Mapping[str, str] | None = None) -> int:
     source = env if env is not None else os.environ
     name = source.get(PRIORITY_ENV) or source.get("HOSTNAME") or ""
     return 1 + zlib.crc32(name.encode()) % 1_000_000 if name else 0
+
+
+AUTOSCALE_ENV = "SLM_AUTOSCALE_SECONDS"
+DEMAND_URL_ENV = "SLM_DEMAND_URL"
+
+
+def autoscale_from_env(env: Mapping[str, str] | None = None) -> tuple[float, str | None]:
+    """($SLM_AUTOSCALE_SECONDS or 5, $SLM_DEMAND_URL or None)."""
+    source = env if env is not None else os.environ
+    raw = source.get(AUTOSCALE_ENV)
+    return (float(raw) if raw else 5.0), (source.get(DEMAND_URL_ENV) or None)

@@ -120,12 +120,21 @@ def create_app(
             gw.metrics.healthy.labels(s.deployment.model, s.deployment.name, s.url).set(healthy)
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def demand(request: Request) -> Response:
+        """Per-deployment requests in flight, held and idle seconds: what the operator scales on.
+
+        Counts only (no prompts, keys or clients), like /metrics, and on the same port."""
+        now = time.monotonic()
+        deployments = [d for deps in gw.fleet.by_model.values() for d in deps]
+        return JSONResponse(gw.demand.report(deployments, gw.in_flight(), now))
+
     app = Starlette(
         routes=[
             Route("/", root, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/demand", demand, methods=["GET"]),
             Route("/v1/models", v1_models, methods=["GET"]),
             Route("/v1/models/{model:path}", gw.one_model, methods=["GET"]),
             Route("/api/tags", tags, methods=["GET"]),

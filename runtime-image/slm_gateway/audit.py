@@ -32,6 +32,8 @@ class AuditRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ttft_ms: float | None = None
+    held_ms: float | None = None
+    """Set when the request waited for a first pod (model scaled to zero): how long it waited."""
     duration_ms: float = 0.0
     retries: int = 0
     stream: bool = False

@@ -72,6 +72,13 @@ class RoutingConfig(_Strict):
         2.0, alias="scrapeSeconds", gt=0, description="How often pods' /metrics and /readyz are read."
     )
     connect_timeout: float = Field(2.0, alias="connectTimeout", gt=0)
+    hold_seconds: float = Field(
+        180.0,
+        alias="holdSeconds",
+        ge=0,
+        description="How long a request for a model with no ready pod (scaled to zero, starting) "
+        "waits for one before it gets 503 with Retry-After; 0 answers 503 at once.",
+    )
 
 
 class AuditConfig(_Strict):

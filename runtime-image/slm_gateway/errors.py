@@ -45,6 +45,10 @@ class NoEndpointError(SlmError):
     status = 503
     openai_type = "server_error"
 
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 def error_response(exc: SlmError, flavour: Flavour) -> Response:
     status, body, headers = error_body(exc, flavour)
@@ -53,5 +57,5 @@ def error_response(exc: SlmError, flavour: Flavour) -> Response:
         if flavour == "openai":
             body["error"]["code"] = "rate_limit_exceeded"
     if isinstance(exc, NoEndpointError):
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=status, headers=headers)

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from slm_gateway.access import ApiKey, KeyFile, presented_key
 from slm_gateway.audit import AuditLog, AuditRecord, now_iso
 from slm_gateway.config import DeploymentConfig, GatewayConfig
+from slm_gateway.demand import DemandBook, wake_target
 from slm_gateway.errors import (
     ForbiddenError,
     NoEndpointError,
@@ -142,6 +143,7 @@ class Gateway:
     started_at: float
     upstream_keys: dict[str, str]
     synced: bool = True
+    demand: DemandBook = field(default_factory=lambda: DemandBook(time.monotonic()))
 
     # -- the door ------------------------------------------------------------------------------
 
@@ -237,6 +239,8 @@ class Gateway:
         text = prompt_text(body)
         if self.config.audit.log_content:
             record.content = {"prompt": text}
+        if not self.fleet.endpoints_of(model):
+            await self.hold(call, model)
         chain = prefix_chain(text, routing.prefix_block_chars, routing.max_prefix_blocks)
         matches = self.fleet.affinity.matches(chain)
         order = pick(
@@ -271,8 +275,48 @@ class Gateway:
             headers=headers,
         )
 
+    async def hold(self, call: Call, model: str) -> None:
+        """Wait until `model` has a ready pod (the operator wakes a model at zero on the demand
+        this hold reports); past `routing.holdSeconds`, 503 with Retry-After, never 404."""
+        limit = self.config.routing.hold_seconds
+        target = wake_target(self.fleet.by_model.get(model, []))
+        if target is None or limit <= 0:
+            raise NoEndpointError(f"model '{model}' has no endpoint right now")
+        deadline = time.monotonic() + limit
+        self.demand.hold(target, time.monotonic())
+        self.metrics.held.labels(model).inc()
+        outcome = "gone"  # unless forwarded or timed out: the client left (or was cancelled)
+        try:
+            while not self.fleet.endpoints_of(model):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    outcome = "timeout"
+                    raise NoEndpointError(
+                        f"model '{model}' is starting (it was scaled to zero) and had no ready pod "
+                        f"after {limit:g}s; retry shortly",
+                        retry_after=10,
+                    )
+                changed = self.demand.changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await until_disconnect(call.request, asyncio.wait_for(changed, min(remaining, 1.0)))
+            outcome = "forwarded"
+        finally:
+            self.demand.release(target, time.monotonic())
+            self.metrics.held.labels(model).dec()
+            self.metrics.holds.labels(model, outcome).inc()
+            call.record.held_ms = call.elapsed_ms()
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests being answered, per deployment name (what `/demand` reports with the held)."""
+        counts: dict[str, int] = {}
+        for state in self.fleet.endpoints.values():
+            name = state.deployment.name
+            counts[name] = counts.get(name, 0) + state.outstanding
+        return counts
+
     def _release(self, state: EndpointState) -> None:
         state.outstanding -= 1
+        self.demand.touch(state.deployment.name, time.monotonic())
         dep = state.deployment
         self.metrics.outstanding.labels(dep.model, dep.name, state.url).set(state.outstanding)
 
@@ -347,6 +391,7 @@ class Gateway:
                 headers=self.upstream_headers(call.request, state.deployment),
             )
             state.outstanding += 1
+            self.demand.touch(state.deployment.name, time.monotonic())
             self.metrics.outstanding.labels(model, cand.deployment, cand.url).set(state.outstanding)
             try:
                 upstream = await until_disconnect(call.request, self.client.send(upstream_req, stream=True))
@@ -439,3 +484,4 @@ class Gateway:
         self.fleet.replace(deployments)
         self.upstream_keys = upstream_keys
         self.synced = True
+        self.demand.fleet_changed()

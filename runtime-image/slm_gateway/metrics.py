@@ -60,6 +60,18 @@ class GatewayMetrics:
             ["model", "deployment", "endpoint"],
             registry=r,
         )
+        self.held = Gauge(
+            "slm_gateway_held_requests",
+            "Requests waiting for a model's first ready pod (scaled to zero or starting), per model.",
+            ["model"],
+            registry=r,
+        )
+        self.holds = Counter(
+            "slm_gateway_holds_total",
+            "Requests that had to wait for a first pod, by model and outcome (forwarded, timeout, gone).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.healthy = Gauge(
             "slm_gateway_endpoint_healthy",
             "1 if the endpoint takes traffic, 0 while it is set aside.",

@@ -223,3 +223,28 @@ def test_a_non_table_return_is_an_error(argocd_lua: Path, tmp_path: Path) -> Non
     script = tmp_path / "string-return.lua"
     script.write_text("return 'Healthy'")
     assert "expect table output" in run_health(argocd_lua, slmd(), script)["error"]
+
+
+def test_a_model_scaled_to_zero_when_idle_stays_healthy(argocd_lua: Path) -> None:
+    """The status the operator computes (not a hand-written one) for a Deployment its autoscaler
+    scaled to zero: Healthy, where a Deployment at 0 by hand (`spec.replicas: 0`) is Degraded."""
+    from slm_operator.reconcile.status import observed_status
+
+    deployment = {
+        "metadata": {"generation": 5},
+        "spec": {"replicas": 0},
+        "status": {"observedGeneration": 5},
+    }
+    old = {
+        "observedGeneration": 2,
+        "conditions": [cond("Ready", "True", "PodsAvailable"), cond("Degraded", "False", "Reconciled")],
+        "autoscaling": {"desiredReplicas": 0, "currentReplicas": 1, "reason": "ScaledToZero"},
+    }
+    idle = observed_status(deployment, old, "2026-01-01T01:00:00Z")
+    assert idle is not None
+    status, message = health(slmd(status={**old, **idle}), argocd_lua)
+    assert status == "Healthy", message
+    assert "scaled to zero while idle" in message
+    by_hand = observed_status(deployment, {**old, "autoscaling": None}, "2026-01-01T01:00:00Z")
+    assert by_hand is not None
+    assert health(slmd(status={**old, **by_hand, "autoscaling": None}), argocd_lua)[0] == "Degraded"

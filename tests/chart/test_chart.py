@@ -663,3 +663,27 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
             promql_parser.parse(query)
         except ValueError as error:
             pytest.fail(f"{error}\n{expr}")
+
+
+def test_dashboard_graphs_replicas_against_requests_in_flight(tmp_path: Path) -> None:
+    """Issue 12: the autoscaler's desired/current replicas and the gateway's in-flight and held
+    requests on one panel, with metric names the operator and the gateway really export."""
+    from slm_gateway.metrics import GatewayMetrics
+    from slm_operator.metrics import Metrics
+
+    configmap = one(render(MONITORING_ON, tmp_path), "ConfigMap")
+    dashboard = json.loads(configmap["data"]["slm-runtime.json"])
+    panel = next(p for p in dashboard["panels"] if p["title"].startswith("Autoscaler"))
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    exported = {m.name for m in [*Metrics().registry.collect(), *GatewayMetrics().registry.collect()]}
+    for metric in [
+        "slm_operator_autoscaler_desired_replicas",
+        "slm_operator_autoscaler_current_replicas",
+        "slm_gateway_endpoint_outstanding",
+        "slm_gateway_held_requests",
+    ]:
+        assert metric in exprs and metric in exported, metric
+    import promql_parser
+
+    for target in panel["targets"]:
+        promql_parser.parse(target["expr"])

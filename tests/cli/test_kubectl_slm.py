@@ -433,3 +433,30 @@ def test_unreachable_url_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
     code = k.main(["chat", "q", "hi", "--url", f"http://127.0.0.1:{port}", "--model", "m"], out=io.StringIO())
     assert code == 1
     assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# autoscaling (issue 12)
+
+
+def test_a_model_scaled_to_zero_by_the_autoscaler_shows_as_idle() -> None:
+    status = ready_status()
+    status.update(
+        replicas=0,
+        readyReplicas=0,
+        autoscaling={
+            "desiredReplicas": 0,
+            "currentReplicas": 1,
+            "reason": "ScaledToZero",
+            "message": "no requests for 600s (scaleToZeroAfter 600s)",
+        },
+    )
+    obj = slmd(status=status)
+    assert k.summarize(obj).replicas == "zero (idle)"
+    text = k.format_status(obj, [], NOW)
+    assert "Replicas:    zero (idle) ready" in text
+    assert "Autoscaler:  1 -> 0 (ScaledToZero): no requests for 600s" in text
+    by_hand = ready_status()
+    by_hand.update(replicas=0, readyReplicas=0)
+    assert k.summarize(slmd(status=by_hand)).replicas == "0/0"  # spec.replicas 0: not idle, stopped
+    assert "Autoscaler:" not in k.format_status(slmd(status=ready_status()), [], NOW)

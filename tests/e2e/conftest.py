@@ -26,10 +26,10 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from .helpers import CLUSTER_DIR, LOCAL_CLUSTER, create_namespace, unique_name
-from .realnode import model_server, operator_ns, real_node, runtime_image, test_image
+from .realnode import fleet_gateway, model_server, operator_ns, real_node, runtime_image, test_image
 
 # The real-node session fixtures, shared by every real-node module (tests/e2e/realnode.py).
-__all__ = ["model_server", "operator_ns", "real_node", "runtime_image", "test_image"]
+__all__ = ["fleet_gateway", "model_server", "operator_ns", "real_node", "runtime_image", "test_image"]
 
 HERE = Path(__file__).resolve().parent
 

@@ -191,8 +191,40 @@ def test_image(runtime_image: str, model_server: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="session")
-def operator_ns(kube_api: client.ApiClient, kubeconfig: str, test_image: str) -> Iterator[str]:
-    """A namespace with `slm-operator run` watching only it (so it never competes with another)."""
+def fleet_gateway(real_node: str, kubeconfig: str) -> Iterator[str]:
+    """`slm-gateway --kubernetes` on this host (it reaches the pods' IPs over the node's bridge): one
+    endpoint for the fleet, and the demand (`/demand`) the operator's autoscaler reads. Its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    exe = shutil.which("slm-gateway", path=str(VENV_BIN)) or "slm-gateway"
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"slm-gateway-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [exe, "--kubernetes", "--host=127.0.0.1", f"--port={port}", "--log-level=WARNING"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": kubeconfig},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: connects("127.0.0.1", port), 60, "slm-gateway to listen", interval=0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"gateway log: {log_path}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def operator_ns(
+    kube_api: client.ApiClient, kubeconfig: str, test_image: str, fleet_gateway: str
+) -> Iterator[str]:
+    """A namespace with `slm-operator run` watching only it (so it never competes with another);
+    its autoscaler reads the demand of `fleet_gateway` every second (the default is 5 s)."""
     kubectl(kubeconfig, "apply", "-f", str(REPO_ROOT / "crds" / "slm.dev_slmdeployments.yaml"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/slmdeployments.slm.dev", "--timeout=60s")
     ns = create_namespace(kube_api, unique_name("realnode"))
@@ -203,7 +235,12 @@ def operator_ns(kube_api: client.ApiClient, kubeconfig: str, test_image: str) ->
         [exe, "run", "--namespace", ns, "--standalone", "--metrics-port", "0", "--image", test_image],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
+        env={
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "SLM_DEMAND_URL": f"{fleet_gateway}/demand",
+            "SLM_AUTOSCALE_SECONDS": "1",
+        },
     )
     try:
         yield ns

@@ -84,7 +84,14 @@ def test_keys_secret_is_mounted_and_clients_are_restricted(tmp_path: Path) -> No
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["keys"] == {"name": "keys", "secret": {"secretName": "gw-keys"}}
     (policy,) = gateway(docs, "NetworkPolicy")
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [peer]}]
+    port = [{"port": "http", "protocol": "TCP"}]
+    assert policy["spec"]["ingress"][0] == {"ports": port, "from": [peer]}
+    # the operator's pods too: its autoscaler reads the gateway's /demand
+    (operator_rule,) = policy["spec"]["ingress"][1:]
+    assert operator_rule["ports"] == port
+    (operator_deployment,) = [d for d in docs if d["kind"] == "Deployment" and not is_gateway(d)]
+    operator_labels = operator_deployment["spec"]["template"]["metadata"]["labels"]
+    assert operator_rule["from"][0]["podSelector"]["matchLabels"].items() <= operator_labels.items()
 
 
 def test_gateway_can_be_turned_off(tmp_path: Path) -> None:
@@ -109,7 +116,7 @@ def test_fleet_view_in_the_dashboard_and_the_gateway_is_scraped(tmp_path: Path) 
     fleet = [
         t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "slm_gateway_" in t["expr"]
     ]
-    assert len(fleet) == 4
+    assert len(fleet) == 6  # 4 fleet panels + in flight and held on the autoscaler panel
     for expr in fleet:
         promql_parser.parse(expr)
         assert 'job="slm-gateway"' in expr

@@ -138,6 +138,34 @@ INVALID: dict[str, tuple[dict[str, Any], str | None]] = {
         {"model": MODEL, "autoscaling": {"enabled": True, "maxReplicas": 3}},
         "enabled autoscaling needs",
     ),
+    "two-autoscalers": (
+        {
+            "model": MODEL,
+            "autoscaling": {
+                "enabled": True,
+                "maxReplicas": 3,
+                "targetInFlightRequests": 2,
+                "targetCPUUtilizationPercentage": 50,
+            },
+        },
+        "not both",
+    ),
+    "zero-without-in-flight": (
+        {
+            "model": MODEL,
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "targetCPUUtilizationPercentage": 50,
+            },
+        },
+        "minReplicas 0 needs targetInFlightRequests",
+    ),
+    "bad-scale-to-zero-duration": (
+        {"model": MODEL, "autoscaling": {"scaleToZeroAfter": "ten minutes"}},
+        None,
+    ),
     "storage-class-on-empty-dir": (
         {"model": MODEL, "cache": {"type": "emptyDir", "storageClassName": "fast"}},
         "storageClassName is only valid",

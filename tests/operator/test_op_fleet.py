@@ -316,7 +316,12 @@ def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> 
     cluster, ctx, bodies = _fleet(2)
     scaled = {
         "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
-        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
     }
     for body in bodies:
         body["spec"] = copy.deepcopy(scaled)

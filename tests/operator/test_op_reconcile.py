@@ -58,6 +58,7 @@ class FakeCluster:
         self.status_patches: list[Obj] = []
         self.applies: list[Obj] = []
         self.deletes: list[Obj] = []
+        self.hand_overs: list[Obj] = []
         self.owner: Obj | None = None
         self.version = 100
         self.events: list[tuple[str, str, str]] = []
@@ -99,6 +100,11 @@ class FakeCluster:
     def delete(self, obj: Obj) -> None:
         self.deletes.append(obj)
         self.objects.pop(key_of(obj), None)
+
+    def hand_over(self, obj: Obj) -> bool:
+        """The replicas hand-over (autoscaling switched on); the stored object keeps its count."""
+        self.hand_overs.append(obj)
+        return True
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         self.status_patches.append(status)
@@ -328,7 +334,12 @@ def test_reconcile_prunes_hpa_and_pdb_when_no_longer_wanted() -> None:
     model = {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}
     scaled = {
         "model": model,
-        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "targetInFlightRequests": 2},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
     }
     _reconcile(_body(scaled), cluster)
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(cluster.kinds())

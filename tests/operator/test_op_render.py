@@ -219,24 +219,20 @@ def test_config_change_rolls_pods() -> None:
 
 
 def test_autoscaling_omits_replicas_and_renders_hpa() -> None:
+    # In-flight scaling is the operator's own autoscaler (slm_operator.autoscale): no HPA, so the
+    # HPA never fights it, and no custom-metrics adapter is needed.
     objs = _render(spec(**SPECS["autoscaled"]))
     assert "replicas" not in objs["Deployment"]["spec"]
-    hpa = objs["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 3)
-    assert hpa["metrics"] == [
-        {
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": "vllm_num_requests_running"},
-                "target": {"type": "AverageValue", "averageValue": "2"},
-            },
-        }
-    ]
+    assert "HorizontalPodAutoscaler" not in objs
     assert "PodDisruptionBudget" not in objs
     cpu = _render(spec(autoscaling={"enabled": True, "maxReplicas": 3, "targetCPUUtilizationPercentage": 70}))
-    metric = cpu["HorizontalPodAutoscaler"]["spec"]["metrics"][0]
+    assert "replicas" not in cpu["Deployment"]["spec"]
+    hpa = cpu["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 3)
+    metric = hpa["metrics"][0]
     assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+    assert len(hpa["metrics"]) == 1
 
 
 def test_scale_down_window_defaults_to_five_minutes_and_follows_the_spec() -> None:
@@ -434,7 +430,8 @@ def test_render_cli_gpu_example(capsys: Any) -> None:
     assert main(["render", "-f", str(ROOT / "examples" / "gpu.yaml"), "--nodes", str(nodes)]) == 0
     out = capsys.readouterr().out
     objs = {d["kind"]: d for d in yaml.safe_load_all(out)}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"} <= set(objs)
+    assert {"Deployment", "Service", "NetworkPolicy"} <= set(objs)
+    assert "HorizontalPodAutoscaler" not in objs  # in-flight scaling: the operator's autoscaler
     pod = objs["Deployment"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][

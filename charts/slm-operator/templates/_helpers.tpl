@@ -117,6 +117,11 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The operator's own autoscaler (autoscaling.targetInFlightRequests) sets the replica count
+# through the scale subresource, as the HPA does.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -326,6 +326,15 @@ class PromptSpec(ApiModel):
     )
 
 
+DURATION_PATTERN = r"^[0-9]{1,6}(s|m|h)$"
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(value: str) -> int:
+    """`90s`, `10m`, `1h` in seconds (the shape `DURATION_PATTERN` admits)."""
+    return int(value[:-1]) * _UNIT_SECONDS[value[-1]]
+
+
 class AutoscalingSpec(ApiModel):
     """Horizontal autoscaling of the model pods (a HorizontalPodAutoscaler is rendered when enabled)."""
 
@@ -346,12 +355,30 @@ class AutoscalingSpec(ApiModel):
             "enabled autoscaling needs targetCPUUtilizationPercentage and/or targetInFlightRequests",
             ".enabled",
         ),
+        cel(
+            "!has(self.targetCPUUtilizationPercentage) || !has(self.targetInFlightRequests)",
+            "set targetCPUUtilizationPercentage (the HPA scales) or targetInFlightRequests "
+            "(the operator scales), not both: exactly one thing writes the replica count",
+            ".targetInFlightRequests",
+        ),
+        cel(
+            "!has(self.minReplicas) || self.minReplicas > 0 || has(self.targetInFlightRequests)",
+            "autoscaling.minReplicas 0 needs targetInFlightRequests: only the gateway's demand "
+            "can wake a model at zero",
+            ".minReplicas",
+        ),
     )
 
     enabled: bool = Field(
         False, description="Render a HorizontalPodAutoscaler; spec.replicas is then ignored."
     )
-    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest pods the autoscaler keeps.")
+    min_replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Fewest pods the autoscaler keeps; 0 scales the model to zero after "
+        "scaleToZeroAfter without requests (needs targetInFlightRequests).",
+    )
     max_replicas: int | None = Field(None, ge=1, le=1000, description="Most pods the autoscaler may run.")
     target_cpu_utilization_percentage: int | None = Field(
         None,
@@ -364,7 +391,8 @@ class AutoscalingSpec(ApiModel):
         None,
         ge=1,
         le=10000,
-        description="Scale to keep this many requests in flight per pod (needs a custom metrics adapter).",
+        description="Scale to keep this many requests in flight per pod, counted by the fleet's "
+        "slm-gateway (the operator's own autoscaler writes the replica count; no adapter needed).",
     )
     scale_down_stabilization_seconds: int = Field(
         300,
@@ -373,6 +401,22 @@ class AutoscalingSpec(ApiModel):
         description="How long load must stay low before the autoscaler removes pods (HPA "
         "behavior.scaleDown.stabilizationWindowSeconds): a model pod is slow to start again.",
     )
+    scale_to_zero_after: str = Field(
+        "10m",
+        pattern=DURATION_PATTERN,
+        description="With minReplicas 0: how long a model must go without requests before it is "
+        "scaled to zero, e.g. 90s, 10m, 1h.",
+    )
+
+    @property
+    def operator_scaled(self) -> bool:
+        """Whether the operator's own autoscaler owns the replica count (in-flight requests)."""
+        return self.enabled and self.target_in_flight_requests is not None
+
+    @property
+    def scale_to_zero_seconds(self) -> int:
+        """`scaleToZeroAfter` in seconds."""
+        return duration_seconds(self.scale_to_zero_after)
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -387,6 +431,16 @@ class AutoscalingSpec(ApiModel):
         ):
             raise ValueError(
                 "enabled autoscaling needs targetCPUUtilizationPercentage and/or targetInFlightRequests"
+            )
+        if self.target_cpu_utilization_percentage is not None and self.target_in_flight_requests is not None:
+            raise ValueError(
+                "set targetCPUUtilizationPercentage (the HPA scales) or targetInFlightRequests "
+                "(the operator scales), not both: exactly one thing writes the replica count"
+            )
+        if self.min_replicas == 0 and self.target_in_flight_requests is None:
+            raise ValueError(
+                "autoscaling.minReplicas 0 needs targetInFlightRequests: only the gateway's demand "
+                "can wake a model at zero"
             )
         return self
 

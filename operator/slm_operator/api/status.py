@@ -50,6 +50,22 @@ class Endpoints(ApiModel):
     )
 
 
+class AutoscalingStatus(ApiModel):
+    """The operator's own autoscaler (targetInFlightRequests): its last decision and why."""
+
+    desired_replicas: int | None = Field(None, ge=0, description="Pods the autoscaler wants.")
+    current_replicas: int | None = Field(None, ge=0, description="Pods the Deployment had when it decided.")
+    reason: str | None = Field(
+        None,
+        description="ScaledUp, ScaledDown, ScaledToZero, WokenByRequest, Steady, NoDemandData or "
+        "OutOfBounds.",
+    )
+    message: str | None = Field(None, description="The demand the decision was made on.")
+    last_scale_time: str | None = Field(
+        None, json_schema_extra={"format": "date-time"}, description="When it last changed replicas."
+    )
+
+
 class SLMDeploymentStatus(ApiModel):
     """Observed state of an SLMDeployment, written by the operator only."""
 
@@ -69,4 +85,7 @@ class SLMDeploymentStatus(ApiModel):
     selector: str | None = Field(None, description="Label selector of the pods (for the scale subresource).")
     message: str | None = Field(
         None, description="Summary of the last reconcile, including placement fallbacks."
+    )
+    autoscaling: AutoscalingStatus | None = Field(
+        None, description="The operator's autoscaler (targetInFlightRequests): desired vs current, reason."
     )

@@ -9,13 +9,14 @@ only when it changes: a plan with nothing to do makes no API call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from slm_operator import redact
 from slm_operator.api import SLMDeploymentSpec
+from slm_operator.autoscale.handover import keep_replicas, replicas_hand_overs
 from slm_operator.errors import (
     ApplyError,
     KubeError,
@@ -70,6 +71,7 @@ class Cluster(Protocol):
     ) -> list[Obj]: ...
     def delete(self, obj: Obj) -> None: ...
     def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None: ...
+    def hand_over(self, obj: Obj) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,13 @@ def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
         )
 
 
-def execute(plan: Plan, cluster: Cluster) -> Outcome:
-    """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile."""
+def execute(plan: Plan, cluster: Cluster, hand_overs: Sequence[Obj] = ()) -> Outcome:
+    """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile.
+
+    `hand_overs` (`autoscale.handover.replicas_hand_overs`) are applied first, under their own
+    field manager, so that a Deployment keeps its replica count when the operator stops owning it."""
+    for obj in hand_overs:
+        cluster.hand_over(obj)
     applied = [_apply(cluster, step) for step in plan.apply]
     for step in plan.delete:
         cluster.delete(step.obj)
@@ -191,19 +198,24 @@ def reconcile(
         check_policy(spec, policy, default_image=image)
     if check_secrets:
         check_secret(spec, owner.namespace, cluster)
+
+    def rendered(ctx: RenderContext) -> list[Obj]:
+        # autoscaling switched off: the live count stays until spec.replicas says otherwise
+        return keep_replicas(render(ctx), owner.namespace, observed.children, observed.deployment)
+
     the_plan = plan(
         body,
         observed,
         image=image,
         timestamp=timestamp or now_rfc3339(),
         spec=spec,
-        render=render,
+        render=rendered,
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
         optional_kinds=optional_kinds,
     )
     check_names(the_plan, observed, cluster)
-    return execute(the_plan, cluster)
+    return execute(the_plan, cluster, replicas_hand_overs(the_plan, observed.children))
 
 
 def report_failure(

@@ -57,6 +57,25 @@ def informers(kube: Kube, ctx: OperatorContext) -> list[Background]:
     return found
 
 
+def autoscalers(kube: Kube, ctx: OperatorContext) -> list[Background]:
+    """The operator's own autoscaler (targetInFlightRequests). Without a gateway to read it still
+    owns the replica count (keeps it within the bounds) and says NoDemandData in the status."""
+    from slm_operator.autoscale.demand import demand_url
+    from slm_operator.autoscale.loop import Autoscaler, ContextSources, http_demand, no_demand
+
+    settings = ctx.settings
+    url = settings.demand_url or (demand_url(settings.gateway_url) if settings.gateway_url else None)
+    return [
+        Autoscaler(
+            ContextSources(ctx),
+            kube,
+            http_demand(url) if url else no_demand,
+            metrics=ctx.metrics,
+            interval=settings.autoscale_seconds,
+        )
+    ]
+
+
 def own_identity() -> str:
     """kopf's peering identity for this process: $POD_ID, set here when missing."""
     identity = os.environ.get("POD_ID")
@@ -81,7 +100,7 @@ def run_operator(settings: Settings) -> None:
         registry=ctx.metrics.registry,
     )
     kube.requests.listen(lambda verb: requests.labels(verb=verb).inc())
-    ctx.background = informers(kube, ctx)
+    ctx.background = informers(kube, ctx) + autoscalers(kube, ctx)
     kopf.run(
         registry=build_registry(),
         memo=kopf.Memo(ctx=ctx),

@@ -125,8 +125,23 @@ def _with_fetch_failure(conds: list[Condition], failure: str | None, generation:
     return out
 
 
+SCALED_TO_ZERO_ON_IDLE = "ScaledToZeroOnIdle"
+"""Ready=True reason of a model the autoscaler scaled to zero: it serves on demand (the gateway
+holds the next request and the autoscaler wakes it), so GitOps health stays Healthy."""
+
+
+def scaled_to_zero_on_idle(status: Mapping[str, Any] | None) -> bool:
+    """Whether the operator's autoscaler put the model at zero (status.autoscaling says so)."""
+    scaling = (status or {}).get("autoscaling") or {}
+    return scaling.get("desiredReplicas") == 0
+
+
 def deployment_conditions(
-    deployment: Mapping[str, Any] | None, generation: int, pods: Sequence[Mapping[str, Any]] = ()
+    deployment: Mapping[str, Any] | None,
+    generation: int,
+    pods: Sequence[Mapping[str, Any]] = (),
+    *,
+    idle: bool = False,
 ) -> tuple[list[Condition], int, int]:
     """Ready and Progressing (plus Degraded on a missed progress deadline) from the Deployment.
 
@@ -156,7 +171,10 @@ def deployment_conditions(
     total = int(status.get("replicas") or 0)
     counts = f"{available}/{desired} pods available, {updated} updated"
     conds: list[Condition] = []
-    if desired == 0:
+    if desired == 0 and idle:
+        message = "scaled to zero while idle; the gateway holds the next request until a pod is ready"
+        conds.append(condition("Ready", True, SCALED_TO_ZERO_ON_IDLE, message, generation))
+    elif desired == 0:
         conds.append(condition("Ready", False, "ScaledToZero", "no pods are wanted", generation))
     elif current and updated >= desired and available >= desired:
         conds.append(condition("Ready", True, "PodsAvailable", counts, generation))
@@ -198,7 +216,9 @@ def reconciled_status(
     fleet_endpoint: str | None = None,
 ) -> Status:
     """Status after a successful apply; `fleet_endpoint` is the gateway's URL, if the chart runs one."""
-    conds, desired, ready = deployment_conditions(deployment, generation, pods)
+    conds, desired, ready = deployment_conditions(
+        deployment, generation, pods, idle=scaled_to_zero_on_idle(old)
+    )
     if not any(c["type"] == "Degraded" for c in conds):
         reason = "FallbackPlacement" if placement.skipped else "Reconciled"
         conds.append(condition("Degraded", False, reason, placement.message, generation))
@@ -254,7 +274,9 @@ def observed_status(
     the newest one, because the Deployment reflects what was applied for that generation.
     """
     generation = int(old.get("observedGeneration") or 0)
-    conds, desired, ready = deployment_conditions(deployment, generation, pods)
+    conds, desired, ready = deployment_conditions(
+        deployment, generation, pods, idle=scaled_to_zero_on_idle(old)
+    )
     previous = old.get("conditions") or ()
     degraded_before = next((c for c in previous if c.get("type") == "Degraded"), None)
     recovering = degraded_before is not None and degraded_before.get("reason") in (

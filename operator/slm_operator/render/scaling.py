@@ -1,22 +1,24 @@
 """HorizontalPodAutoscaler and PodDisruptionBudget.
 
-The HPA scales on CPU utilisation (Resource metric) and/or requests in flight per pod (Pods metric
-`vllm_num_requests_running`). The Pods metric comes through the custom metrics API, so a metrics
-adapter (e.g. prometheus-adapter or KEDA) must serve the runtime's in-flight gauge under that name;
-without one the HPA reports the metric as unavailable and scales on CPU only.
+Exactly one thing writes a model Deployment's replica count (`docs/autoscaling.md`):
+- autoscaling off: the operator's apply (`spec.replicas`);
+- `targetCPUUtilizationPercentage`: the HPA rendered here (Resource metric, fed by metrics-server);
+- `targetInFlightRequests`: the operator's own autoscaler (`slm_operator.autoscale`), driven by the
+  gateway's per-deployment demand and able to scale to zero; no HPA is rendered, so nothing else
+  (no custom-metrics adapter) is needed and the HPA never fights it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from slm_operator.render.context import IN_FLIGHT_METRIC, RenderContext
+from slm_operator.render.context import RenderContext
 from slm_operator.render.metadata import object_meta, selector_labels
 
 
 def build_autoscaler(ctx: RenderContext) -> dict[str, Any] | None:
     scaling = ctx.spec.autoscaling
-    if scaling is None or not scaling.enabled:
+    if scaling is None or not scaling.enabled or scaling.operator_scaled:
         return None
     metrics: list[dict[str, Any]] = []
     if scaling.target_cpu_utilization_percentage is not None:
@@ -28,19 +30,6 @@ def build_autoscaler(ctx: RenderContext) -> dict[str, Any] | None:
                     "target": {
                         "type": "Utilization",
                         "averageUtilization": scaling.target_cpu_utilization_percentage,
-                    },
-                },
-            }
-        )
-    if scaling.target_in_flight_requests is not None:
-        metrics.append(
-            {
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": IN_FLIGHT_METRIC},
-                    "target": {
-                        "type": "AverageValue",
-                        "averageValue": str(scaling.target_in_flight_requests),
                     },
                 },
             }

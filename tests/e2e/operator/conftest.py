@@ -14,6 +14,9 @@ Package fixture:
                        test fails; it is stopped once this package's tests are done, so that it
                        never competes with an operator another e2e module runs
 
+    fleet_gateway      `slm-gateway --kubernetes` on loopback; the operator's autoscaler reads its
+                       `/demand`
+
 Function fixtures:
     slm_namespace      a fresh namespace labelled pod-security enforce/warn=restricted
 
@@ -232,13 +235,39 @@ def chart_kubeconfig(kube_api: client.ApiClient, release: Release, path: Path) -
 
 
 @pytest.fixture(scope="package")
+def fleet_gateway(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Real `slm-gateway --kubernetes` on a loopback port: the fleet's demand (`/demand`) that the
+    operator's own autoscaler reads. Its base URL (no request ever reaches a KWOK pod here)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    argv = [str(Path(sys.executable).with_name("slm-gateway")), "--kubernetes", "--host=127.0.0.1"]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*argv, f"--port={port}", "--log-level=WARNING"], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(f"{url}/readyz"), 60, "slm-gateway's first fleet listing", interval=0.5)
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="package")
 def operator(
-    operator_release: Release, kube_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    operator_release: Release,
+    kube_api: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    fleet_gateway: str,
 ) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("operator")
     sa_config = chart_kubeconfig(kube_api, operator_release, workdir / "kubeconfig")
     log_path = Path(os.environ.get("SLM_E2E_OPERATOR_LOG") or workdir / "operator.log")
-    running = launch_operator(sa_config, log_path)
+    # The autoscaler reads the gateway's demand every second (the default is 5 s).
+    autoscale = {"SLM_DEMAND_URL": f"{fleet_gateway}/demand", "SLM_AUTOSCALE_SECONDS": "1"}
+    running = launch_operator(sa_config, log_path, env=autoscale)
     try:
         yield running
     finally:
