@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_support import Tenant, kube_api, kubeconfig, operator_release, tenant
+
+from .operator_support import Tenant, kube_api, kubeconfig, operator_release, tenant
 
 pytestmark = pytest.mark.e2e
 __all__ = ["kube_api", "kubeconfig", "operator_release", "tenant"]

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_support import (
+
+from e2e.helpers import wait_deleted, wait_for
+
+from .operator_support import (
     OperatorProcess,
     Tenant,
     kube_api,
@@ -23,8 +26,6 @@ from operator_support import (
     sec_operator,
     tenant,
 )
-
-from e2e.helpers import wait_deleted, wait_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["kube_api", "kubeconfig", "operator_release", "sec_operator", "tenant"]
