@@ -598,6 +598,46 @@ def test_fetch_failure_ignores_successful_and_other_init_containers() -> None:
     assert fetch_failure([{"metadata": {"name": "pending"}, "status": {}}]) is None
 
 
+def _pod_with_refused_runtime(name: str, message: str, *, ready: bool = False) -> Obj:
+    """A pod whose runtime container keeps exiting 2 (CrashLoopBackOff), as the pod informer sees it."""
+    from slm_operator.reconcile.cache import slim_pod
+
+    st = {
+        "name": "runtime",
+        "ready": ready,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": message, "startedAt": "x"}},
+    }
+    pod = {"metadata": {"name": name, "namespace": "ns"}, "spec": {}, "status": {"containerStatuses": [st]}}
+    return slim_pod(pod)
+
+
+def test_a_runtime_that_refuses_to_start_makes_the_deployment_degraded_with_its_reason() -> None:
+    """Issue 13 item 1: a key file with no usable key makes `slm-runtime serve` exit 2 and say so
+    in its termination message; the SLMDeployment must say why instead of PodsNotReady forever."""
+    from slm_operator.reconcile.status import fetch_failure_events, observed_status, runtime_failure
+
+    why = "error: the API key file /etc/slm/auth/api-key holds no usable key: refusing to serve without auth"
+    pod = _pod_with_refused_runtime("m-1", f"starting\n{why}\n")
+    assert runtime_failure([pod]) == f"the runtime in pod m-1 exited (exit code 2): {why}"
+    # a runtime that restarted once and serves again is not a failure
+    assert runtime_failure([_pod_with_refused_runtime("m-1", why, ready=True)]) is None
+    unavailable = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1},
+    }
+    old = {"observedGeneration": 1, "conditions": []}
+    update = observed_status(unavailable, old, "2026-01-01T00:00:00Z", [pod])
+    assert update is not None
+    conds = {c["type"]: c for c in update["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "RuntimeStartFailed"
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "RuntimeStartFailed"
+    assert "no usable key" in conds["Degraded"]["message"]
+    assert [(t, r) for t, r, _ in fetch_failure_events(old, update)] == [("Warning", "RuntimeStartFailed")]
+    assert fetch_failure_events(update, update) == []
+
+
 def test_a_failed_fetch_makes_ready_false_and_degraded_with_the_reason_and_one_event() -> None:
     from slm_operator.reconcile.status import fetch_failure_events, observed_status
 

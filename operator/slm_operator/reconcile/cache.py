@@ -73,6 +73,9 @@ def slim_pod(pod: Mapping[str, Any]) -> Obj:
     kept_status: Obj = {"phase": status.get("phase")}
     if status.get("initContainerStatuses"):
         kept_status["initContainerStatuses"] = status["initContainerStatuses"]
+    failed = [run for run in map(_failed_run, status.get("containerStatuses") or ()) if run]
+    if failed:
+        kept_status["containerStatuses"] = failed
     return {
         "metadata": _meta(
             pod, "name", "namespace", "labels", "resourceVersion", "creationTimestamp", "deletionTimestamp"
@@ -80,6 +83,18 @@ def slim_pod(pod: Mapping[str, Any]) -> Obj:
         "spec": kept_spec,
         "status": kept_status,
     }
+
+
+def _failed_run(st: Mapping[str, Any]) -> Obj | None:
+    """A container status, only when it is not ready and its last run failed (status reads why)."""
+    if st.get("ready"):
+        return None
+    out: Obj = {"name": st.get("name"), "ready": False}
+    for key in ("state", "lastState"):
+        term = (st.get(key) or {}).get("terminated")
+        if term and int(term.get("exitCode") or 0) != 0:
+            out[key] = {"terminated": {k: term.get(k) for k in ("exitCode", "reason", "message")}}
+    return out if len(out) > 2 else None
 
 
 def slim_owner(body: Mapping[str, Any]) -> Obj:

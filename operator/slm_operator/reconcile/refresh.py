@@ -10,11 +10,13 @@ from slm_operator.reconcile.plan import Obj
 from slm_operator.reconcile.runs import post
 from slm_operator.reconcile.status import (
     FETCH_FAILED,
+    RUNTIME_FAILED,
     fetch_failure,
     fetch_failure_events,
     now_rfc3339,
     observed_status,
     provider_fallback,
+    runtime_failure,
 )
 from slm_operator.render import DEPLOYMENT_LABEL
 
@@ -55,7 +57,10 @@ def pod_changed(ctx: OperatorContext, kind: str, pod: Obj) -> None:
     namespace, name = meta.get("namespace"), (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
     if not namespace or not name or not ctx.active():
         return
-    if kind == "DELETED" or (fetch_failure([pod]) is None and provider_fallback([pod]) is None):
+    quiet = (
+        fetch_failure([pod]) is None and runtime_failure([pod]) is None and provider_fallback([pod]) is None
+    )
+    if kind == "DELETED" or quiet:
         owner = ctx.cache.owners.get(str(namespace), str(name))
         ready = next(
             (
@@ -65,7 +70,7 @@ def pod_changed(ctx: OperatorContext, kind: str, pod: Obj) -> None:
             ),
             None,
         )
-        if ready is None or ready.get("reason") != FETCH_FAILED:
+        if ready is None or ready.get("reason") not in (FETCH_FAILED, RUNTIME_FAILED):
             return
     try:
         refresh_status(ctx, str(namespace), str(name), None)

@@ -19,6 +19,10 @@ Event = tuple[str, str, str]
 
 FETCH_CONTAINER = "fetch-model"
 FETCH_FAILED = "ModelFetchFailed"
+RUNTIME_CONTAINER = "runtime"
+RUNTIME_FAILED = "RuntimeStartFailed"
+"""The runtime container exits at start on a configuration it refuses (e.g. an API-key file with
+no usable key: auth would otherwise be silently off) and says why in its termination message."""
 PROVIDER_CONTAINER = "select-provider"
 PROVIDER_FALLBACK = "ProviderFallback"
 
@@ -75,6 +79,24 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def runtime_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a pod's runtime container keeps exiting (its last failed run's termination message), or
+    None. Without this a refused start (exit 2: no usable API key, a key too short) would show as
+    PodsNotReady / CrashLoopBackOff and never say why."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        for st in (pod.get("status") or {}).get("containerStatuses") or ():
+            if st.get("name") != RUNTIME_CONTAINER or st.get("ready"):
+                continue
+            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
+            if not term or int(term.get("exitCode") or 0) == 0:
+                continue
+            lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
+            detail = redact.text(lines[-1])[:512] if lines else str(term.get("reason") or "failed")
+            name = (pod.get("metadata") or {}).get("name")
+            return f"the runtime in pod {name} exited (exit code {term.get('exitCode')}): {detail}"
+    return None
+
+
 def provider_fallback(pods: Sequence[Mapping[str, Any]]) -> str | None:
     """Why a pod runs its ONNX model on a provider other than the one placement chose, or None.
 
@@ -100,28 +122,32 @@ def provider_fallback(pods: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def fetch_failure_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
-    """A Warning Event when Ready turns to ModelFetchFailed (once per transition, not per resync)."""
+    """A Warning Event when Ready turns to ModelFetchFailed or RuntimeStartFailed (once per
+    transition, not per resync)."""
     before = _condition(old, "Ready")
     after = _condition(new, "Ready")
-    if after is None or after.get("reason") != FETCH_FAILED:
+    reason = None if after is None else after.get("reason")
+    if after is None or reason not in (FETCH_FAILED, RUNTIME_FAILED):
         return []
-    if before is not None and before.get("reason") == FETCH_FAILED:
+    if before is not None and before.get("reason") == reason:
         return []
-    return [("Warning", FETCH_FAILED, str(after.get("message")))]
+    return [("Warning", str(reason), str(after.get("message")))]
 
 
 def _condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
     return next((c for c in (status or {}).get("conditions") or () if c.get("type") == kind), None)
 
 
-def _with_fetch_failure(conds: list[Condition], failure: str | None, generation: int) -> list[Condition]:
-    """Replace a not-Ready reason with the fetch failure, and mark the object Degraded."""
+def _with_fetch_failure(
+    conds: list[Condition], failure: str | None, generation: int, reason: str = FETCH_FAILED
+) -> list[Condition]:
+    """Replace a not-Ready reason with the pod's failure (`reason`), and mark the object Degraded."""
     ready = next(c for c in conds if c["type"] == "Ready")
     if failure is None or ready["status"] == "True":
         return conds
     out = [c for c in conds if c["type"] not in ("Ready", "Degraded")]
-    out.append(condition("Ready", False, FETCH_FAILED, failure, generation))
-    out.append(condition("Degraded", True, FETCH_FAILED, failure, generation))
+    out.append(condition("Ready", False, reason, failure, generation))
+    out.append(condition("Degraded", True, reason, failure, generation))
     return out
 
 
@@ -194,7 +220,11 @@ def deployment_conditions(
         conds.append(condition("Progressing", True, "RollingOut", counts, generation))
     else:
         conds.append(condition("Progressing", False, "RolloutComplete", counts, generation))
-    conds = _with_fetch_failure(conds, fetch_failure(pods), generation)
+    fetch = fetch_failure(pods)
+    if fetch is not None:
+        conds = _with_fetch_failure(conds, fetch, generation)
+    else:
+        conds = _with_fetch_failure(conds, runtime_failure(pods), generation, RUNTIME_FAILED)
     fallback = provider_fallback(pods)
     if fallback is not None and not any(c["type"] == "Degraded" for c in conds):
         # The model serves (Ready may be True), but not on the accelerator it was placed on.
