@@ -620,8 +620,11 @@ def test_a_runtime_that_refuses_to_start_makes_the_deployment_degraded_with_its_
     why = "error: the API key file /etc/slm/auth/api-key holds no usable key: refusing to serve without auth"
     pod = _pod_with_refused_runtime("m-1", f"starting\n{why}\n")
     assert runtime_failure([pod]) == f"the runtime in pod m-1 exited (exit code 2): {why}"
-    # a runtime that restarted once and serves again is not a failure
+    # a runtime that restarted once and serves again is not a failure, nor is a pod being stopped
     assert runtime_failure([_pod_with_refused_runtime("m-1", why, ready=True)]) is None
+    stopping = _pod_with_refused_runtime("m-1", why)
+    stopping["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert runtime_failure([stopping]) is None
     unavailable = {
         "metadata": {"generation": 1},
         "spec": {"replicas": 1},

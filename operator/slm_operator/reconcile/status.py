@@ -84,6 +84,8 @@ def runtime_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     None. Without this a refused start (exit 2: no usable API key, a key too short) would show as
     PodsNotReady / CrashLoopBackOff and never say why."""
     for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue  # a pod being stopped (scale-down, rollout) exits on SIGTERM: not a refusal
         for st in (pod.get("status") or {}).get("containerStatuses") or ():
             if st.get("name") != RUNTIME_CONTAINER or st.get("ready"):
                 continue
