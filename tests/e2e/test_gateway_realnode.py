@@ -153,6 +153,8 @@ def _both_models_both_clients(url: str, audit: Path, ns: str, ips: dict[str, lis
         model="support", messages=QUESTION, max_tokens=16, temperature=0, stream=True
     )
     assert "Paris" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    # the gateway writes a stream's audit line once the stream has ended, just after the client's last chunk
+    wait_for(lambda: len(_audit(audit)) >= 5, 15, "the streamed request's audit line")
     lines = _audit(audit)
     assert len(lines) == 5, lines
     for line, (model, prompt, completion) in zip(lines, answers, strict=False):

@@ -2,8 +2,9 @@
 Extension (v1.6.0, taken from its Go module by hack/fetch-gie-crd.sh): installed while the operator
 runs, the operator starts rendering one pool per SLMDeployment (learned from the CRD's events, no
 restart); the API server accepts them (its structural schema and CEL rules); the pools select the
-SLMDeployment's pods on their container port as replicas come and go; a deleted pool is restored;
-once the CRD is removed again the operator goes on reconciling without it.
+SLMDeployment's pods on their container port as replicas come and go; once the CRD is removed
+again the operator goes on reconciling without it. (A pool deleted by hand is not restored until
+the operator restarts: the operator does not watch this optional kind, see reconcile/handlers.py.)
 """
 
 from __future__ import annotations
@@ -109,18 +110,6 @@ def test_pools_follow_the_crd_and_the_pods(
     assert [p["number"] for p in pool["spec"]["targetPorts"]] == [8080] and 8080 in ports
     support.patch_spec(kube_api, slm_namespace, name, {"replicas": 2})
     wait_for(lambda: len(_selected_pods(kube_api, slm_namespace, pool)) == 2, 60, "2 pods in the pool")
-
-    # a deleted pool is restored (the operator watches the kind since its CRD appeared)
-    old_uid = pool["metadata"]["uid"]
-    client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
-        GROUP, VERSION, slm_namespace, PLURAL, name
-    )
-
-    def restored() -> dict[str, Any] | None:
-        again = _get_pool(kube_api, slm_namespace, name)
-        return again if again and again["metadata"]["uid"] != old_uid else None
-
-    wait_for(restored, 30, "the deleted InferencePool to be recreated")
 
     # the real API server's CEL rules are in force for this kind: what we render passes them
     bad = {
