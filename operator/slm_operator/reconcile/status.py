@@ -57,6 +57,28 @@ def merge_conditions(
     return sorted(merged, key=lambda c: str(c["type"]))
 
 
+def _last_failed_run(
+    pods: Sequence[Mapping[str, Any]], statuses: str, container: str
+) -> tuple[str, Mapping[str, Any], str] | None:
+    """The first pod (by name) whose `container` (in `status.<statuses>`) is not ready and last
+    exited non-zero: (pod name, its terminated state, the last line of its termination message
+    or the reason, redacted). Pods being deleted are skipped: a stop by SIGTERM is not a failure."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        for st in (pod.get("status") or {}).get(statuses) or ():
+            if st.get("name") != container or st.get("ready"):
+                continue
+            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
+            if not term or int(term.get("exitCode") or 0) == 0:
+                continue
+            lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
+            detail = redact.text(lines[-1])[:512] if lines else str(term.get("reason") or "failed")
+            return str(meta.get("name")), term, detail
+    return None
+
+
 def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     """Why a pod could not fetch its model (the init container's last failed run), or None.
 
@@ -65,38 +87,22 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     why. The fetch container's last log line (its termination message, FallbackToLogsOnError)
     is the reason, e.g. "sha256 mismatch: expected …, got …".
     """
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
-        for st in (pod.get("status") or {}).get("initContainerStatuses") or ():
-            if st.get("name") != FETCH_CONTAINER:
-                continue
-            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
-            if not term or int(term.get("exitCode") or 0) == 0:
-                continue
-            lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
-            detail = redact.text(lines[-1])[:512] if lines else str(term.get("reason") or "failed")
-            name = (pod.get("metadata") or {}).get("name")
-            return f"model fetch failed in pod {name} (exit code {term.get('exitCode')}): {detail}"
-    return None
+    found = _last_failed_run(pods, "initContainerStatuses", FETCH_CONTAINER)
+    if found is None:
+        return None
+    name, term, detail = found
+    return f"model fetch failed in pod {name} (exit code {term.get('exitCode')}): {detail}"
 
 
 def runtime_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     """Why a pod's runtime container keeps exiting (its last failed run's termination message), or
     None. Without this a refused start (exit 2: no usable API key, a key too short) would show as
     PodsNotReady / CrashLoopBackOff and never say why."""
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue  # a pod being stopped (scale-down, rollout) exits on SIGTERM: not a refusal
-        for st in (pod.get("status") or {}).get("containerStatuses") or ():
-            if st.get("name") != RUNTIME_CONTAINER or st.get("ready"):
-                continue
-            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
-            if not term or int(term.get("exitCode") or 0) == 0:
-                continue
-            lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
-            detail = redact.text(lines[-1])[:512] if lines else str(term.get("reason") or "failed")
-            name = (pod.get("metadata") or {}).get("name")
-            return f"the runtime in pod {name} exited (exit code {term.get('exitCode')}): {detail}"
-    return None
+    found = _last_failed_run(pods, "containerStatuses", RUNTIME_CONTAINER)
+    if found is None:
+        return None
+    name, term, detail = found
+    return f"the runtime in pod {name} exited (exit code {term.get('exitCode')}): {detail}"
 
 
 def provider_fallback(pods: Sequence[Mapping[str, Any]]) -> str | None:
