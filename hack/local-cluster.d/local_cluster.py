@@ -376,7 +376,9 @@ def command_lines(ports: dict[str, int]) -> dict[str, list[str]]:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--profiling=false",
+            # $SLM_CLUSTER_PROFILING=1: /debug/pprof for benchmarks (`kubectl get --raw
+            # '/debug/pprof/profile?seconds=30'`); off otherwise, as on a hardened cluster
+            "--profiling=" + ("true" if os.environ.get("SLM_CLUSTER_PROFILING") == "1" else "false"),
             "--event-ttl=1h",
             # the aggregation layer (metrics.k8s.io from metrics-server); aggregator routing sends
             # requests to the APIService's endpoint IPs, since the test bed runs no service proxy

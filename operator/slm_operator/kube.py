@@ -265,10 +265,18 @@ class Kube:
         found = self._send(what, "GET", self._path(api_version, kind, namespace), query=query)
         return [dict(item, apiVersion=api_version, kind=kind) for item in (found or {}).get("items") or ()]
 
-    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
-        """One child as the server has it now, or None when it does not exist."""
+    def read(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = False
+    ) -> Obj | None:
+        """One child as the server has it now, or None when it does not exist.
+
+        `cached`: from the API server's watch cache (`resourceVersion=0`) rather than a quorum
+        read of etcd: the name check before a first apply asks whether an object exists at all,
+        and a watch cache a moment behind answers that as well as etcd (the apply follows anyway)."""
         what = f"get {kind} {namespace}/{name}"
-        found = self._send(what, "GET", self._path(api_version, kind, namespace, name), missing_ok=True)
+        query = [("resourceVersion", "0")] if cached else None
+        path = self._path(api_version, kind, namespace, name)
+        found = self._send(what, "GET", path, query=query, missing_ok=True)
         return None if found is None else self._object(what, found, api_version, kind)
 
     def delete(self, obj: Obj) -> None:

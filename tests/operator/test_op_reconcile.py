@@ -121,7 +121,9 @@ class FakeCluster:
         assert involved["metadata"]["uid"] == UID and timestamp
         self.events.append((type, reason, message))
 
-    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+    def read(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = False
+    ) -> Obj | None:
         found = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 

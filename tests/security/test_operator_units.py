@@ -195,7 +195,9 @@ class _Cluster:
         self.applies: list[dict[str, Any]] = []
         self.reject = reject
 
-    def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def read(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = False
+    ) -> dict[str, Any] | None:
         self.reads.append((api_version, kind, namespace, name))
         return self.objects.get((api_version, kind, namespace, name))
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from slm_operator.metrics import Metrics
 from slm_operator.reconcile.cache import FleetCache
 from slm_operator.reconcile.discovery import ServedKinds
+from slm_operator.reconcile.kopf_state import KopfState
 from slm_operator.reconcile.plan import (
     Key,
     Obj,
@@ -56,7 +57,9 @@ class OperatorCluster(Cluster, Protocol):
 
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def post_event(self, involved: Obj, type: str, reason: str, message: str, timestamp: str) -> None: ...
-    def read(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
+    def read(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = False
+    ) -> Obj | None: ...
     def serves(self, api_version: str, plural: str) -> bool: ...
 
 
@@ -282,6 +285,8 @@ class OperatorContext:
     leadership: Leadership = field(default_factory=Leadership)
     background: list[Background] = field(default_factory=list)
     render: RenderMemo = field(default_factory=RenderMemo)
+    kopf_state: KopfState = field(default_factory=KopfState)
+    """kopf's per-SLMDeployment state, in memory: no write of kopf's per change."""
     served: ServedKinds = field(default_factory=ServedKinds)
     """The optional child kinds (InferencePool) the API server serves (`reconcile.discovery`)."""
     _children_counted: dict[OwnerKey, dict[str, int]] = field(default_factory=dict)

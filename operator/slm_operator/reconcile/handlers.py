@@ -12,7 +12,8 @@ Triggers, all running the same level-based plan:
   pod changes report failed model fetches (`refresh.pod_changed`), and the periodic resync
   (`resync`) re-plans from the caches.
 
-kopf keeps its bookkeeping in `slm.dev/*` annotations, never in `.status`.
+kopf keeps its per-object state in memory (`kopf_state`): a successful reconcile writes nothing of
+kopf's; only a delayed retry is woken by kopf's `slm.dev/touch-dummy` annotation.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from slm_operator.reconcile.runs import kopf_error, post, run_reconcile
 from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger("slm_operator")
-ANNOTATION_PREFIX = "slm.dev"
 
 __all__ = [
     "PLURALS",
@@ -68,8 +68,13 @@ def context_of(memo: Any) -> OperatorContext:
 
 
 def on_change(body: Any, memo: Any, retry: int = 0, reason: str = "", **_: Any) -> None:
-    """create / update / resume of an SLMDeployment."""
-    run_reconcile(context_of(memo), plain(body), "change", retry, created=reason == "create")
+    """create / update / resume of an SLMDeployment.
+
+    kopf calls every SLMDeployment a create after a restart (its state is in memory, `kopf_state`):
+    one that has a status was reconciled before and may have children to list."""
+    body = plain(body)
+    created = reason == "create" and not body.get("status")
+    run_reconcile(context_of(memo), body, "change", retry, created=created)
 
 
 def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
@@ -88,6 +93,7 @@ def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         ctx.applied.forget_owner(namespace, name)
+        ctx.kopf_state.forget(str(meta.get("uid") or ""))
         ctx.render.forget(namespace, name)
         ctx.record_children((namespace, name), {})
 
@@ -117,13 +123,11 @@ def on_crd_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
 
 
 async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    """Annotations (not .status) for kopf's state, quiet logging Events, metrics, informers, the
-    resync loop."""
+    """kopf's state in memory (`kopf_state`: never in .status, no write per change), quiet
+    logging Events, metrics, informers, the resync loop."""
     ctx = context_of(memo)
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.progress_storage = ctx.kopf_state.progress
+    settings.persistence.diffbase_storage = ctx.kopf_state.diffbase
     settings.posting.level = logging.WARNING
     kopf_objects = logging.getLogger("kopf.objects")
     if not any(isinstance(f, QuietChildEvents) for f in kopf_objects.filters):
