@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -553,11 +554,16 @@ class Informer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends the watch now: the socket is shut down, which wakes the thread blocked reading it.
+
+        Not `response.close()`: with TLS that waits for the SSL object's lock, held by the thread
+        blocked in the read, so the operator hung on SIGTERM until the watch's own timeout (seen
+        in the e2e suite: kopf's cleanup stuck in `HTTPResponse._close_conn`)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            with suppress(Exception):  # a socket that another thread reads from
-                response.close()
+        sock = _socket_of(self._response)
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _run(self) -> None:
         backoff = 0.1
@@ -624,6 +630,17 @@ class Informer:
             self._response = None
             response.release_conn()
         return version
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    """The socket a streamed urllib3 response reads from: its connection's while the connection
+    stays open (HTTP/1.1 keep-alive, the API server's watches), else the one http.client handed
+    over to the response (a server that closes the connection after the response)."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        raw = getattr(getattr(getattr(response, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(raw, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _lines(response: Any) -> Iterator[bytes]:

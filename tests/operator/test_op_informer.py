@@ -247,3 +247,45 @@ def test_requests_go_out_raw_and_errors_keep_the_api_status() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stop_ends_a_quiet_watch_at_once(fake_api: tuple[FakeApi, str]) -> None:
+    """The operator's SIGTERM cleanup stops every informer; a watch that is blocked reading a quiet
+    stream must end now, not when the API server ends the stream (up to five minutes)."""
+    api, _ = fake_api
+    api.lists, api.watches = [{"metadata": {"resourceVersion": "10"}, "items": [_pod("a", 5)]}], [[]]
+    server_waits = threading.Event()
+
+    quiet = _handler(api)
+
+    class Quiet(quiet):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if parse_qs(urlsplit(self.path).query).get("watch") == ["true"]:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.flush()
+                server_waits.wait(30)  # the API server sends nothing for a long while
+                return
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kube = Kube(
+        api_client=client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}"))
+    )
+    informer = Informer(kube, WatchTarget("/api/v1/pods"), Store(slim_pod))
+    try:
+        informer.start()
+        _until(lambda: informer._response is not None, "the watch to start")
+        stopping = threading.Thread(target=informer.stop)  # the old stop() blocked in close()
+        stopping.start()
+        stopping.join(timeout=10)
+        assert not stopping.is_alive(), "stop() waits for the quiet watch"
+        assert informer._thread is not None
+        informer._thread.join(timeout=10)
+        assert not informer._thread.is_alive(), "the informer thread still reads the quiet watch"
+    finally:
+        server_waits.set()
+        server.shutdown()
+        server.server_close()
