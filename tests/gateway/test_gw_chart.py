@@ -192,11 +192,15 @@ def test_an_existing_secret_without_a_digest_fails_to_render(tmp_path: Path) -> 
     from test_chart import _run_helm
 
     values = {"gateway": {"upstreamKey": {"existingSecret": "gw-upstream"}}}
-    result = _run_helm(["template", "r", str(Path(__file__).parents[2] / "charts" / "slm-operator")], values, tmp_path)
+    result = _run_helm(
+        ["template", "r", str(Path(__file__).parents[2] / "charts" / "slm-operator")], values, tmp_path
+    )
     assert result.returncode != 0
     assert "gateway.upstreamKey.existingSecret needs gateway.upstreamKey.sha256" in result.stderr
     bad = {"gateway": {"upstreamKey": {"existingSecret": "gw-upstream", "sha256": ["not-hex"]}}}
-    result = _run_helm(["template", "r", str(Path(__file__).parents[2] / "charts" / "slm-operator")], bad, tmp_path)
+    result = _run_helm(
+        ["template", "r", str(Path(__file__).parents[2] / "charts" / "slm-operator")], bad, tmp_path
+    )
     assert result.returncode != 0 and "sha256" in result.stderr
 
 

@@ -112,7 +112,9 @@ def test_digests_must_be_lowercase_sha256_hex() -> None:
         assert "trustedKeySha256" in str(err.value)
 
 
-def test_a_rotation_to_no_user_key_keeps_the_gateway_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_rotation_to_no_user_key_keeps_the_gateway_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     now = [0.0]
     auth = _auth(tmp_path, f"{USER_KEY}\n", [GATEWAY_SHA], reloadSeconds=1)
     ring = KeyRing(auth, clock=lambda: now[0])
