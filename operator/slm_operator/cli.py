@@ -8,6 +8,7 @@
                      [--workers 16] [--peering-lifetime 60] [--[no-]check-auth-secrets]
                      [--allowed-image-prefix P]... [--allow-control-plane]
                      [--denied-annotation-domain D]... [--allow-unverified-models]
+                     [--gateway-key-sha256 HEX]...
 
 `render` needs no cluster: without `--nodes` placement picks the first preferred hardware class
 (see slm_operator.placement). `--nodes` takes a YAML file of Node (and optionally Pod) objects,
@@ -33,8 +34,11 @@ from slm_operator.policy import DEFAULT_DENIED_ANNOTATION_DOMAINS, Policy
 from slm_operator.render import RenderContext, render_all
 from slm_operator.render.yamlout import dump_all
 from slm_operator.settings import (
+    GATEWAY_KEY_SHA256_ENV,
     Settings,
     autoscale_from_env,
+    gateway_key_sha256,
+    gateway_key_sha256_from_env,
     gateway_namespace_from_env,
     gateway_url_from_env,
     image_from_env,
@@ -102,6 +106,15 @@ def _render(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from slm_operator.reconcile.runner import run_operator  # kopf is only needed here
 
+    try:
+        gateway_digests = (
+            tuple(dict.fromkeys(args.gateway_key_sha256))
+            if args.gateway_key_sha256
+            else gateway_key_sha256_from_env()
+        )
+    except ValueError as err:
+        print(f"slm-operator: ${GATEWAY_KEY_SHA256_ENV}: {err}", file=sys.stderr)
+        return 2
     settings = Settings(
         runtime_image=args.image or image_from_env(),
         namespaces=tuple(args.namespace or ()),
@@ -135,9 +148,17 @@ def _run(args: argparse.Namespace) -> int:
         ),
         autoscale_seconds=autoscale_from_env()[0],
         demand_url=autoscale_from_env()[1],
+        gateway_key_sha256=gateway_digests,
     )
     run_operator(settings)
     return 0
+
+
+def _digest_arg(value: str) -> str:
+    try:
+        return gateway_key_sha256(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GET the API-key Secret a spec names before applying (needs get on secrets; "
         "default: on with --namespace, off cluster-wide)",
+    )
+    run.add_argument(
+        "--gateway-key-sha256",
+        action="append",
+        type=_digest_arg,
+        metavar="HEX",
+        help="SHA-256 of slm-gateway's upstream key: runtimes with spec.auth accept that key too "
+        "(repeatable, two during a rotation; default: $SLM_GATEWAY_KEY_SHA256, comma-separated)",
     )
     return parser
 

@@ -49,6 +49,11 @@ class Settings:
     reading their data). `slm-operator run` turns it on in namespaced mode, whose Roles grant that per
     namespace, and off cluster-wide, where the ClusterRole grants no Secret access at all and a
     missing Secret shows on the pods instead (their FailedMount Events)."""
+    gateway_key_sha256: tuple[str, ...] = ()
+    """SHA-256 digests (lowercase hex) of slm-gateway's upstream key (`--gateway-key-sha256`, else
+    $SLM_GATEWAY_KEY_SHA256, comma-separated): written into the runtime config of every
+    SLMDeployment with spec.auth, whose runtime then accepts that key besides its own. Two during a
+    rotation. The gateway thus needs no access to the users' key Secrets (issue 13, item 8)."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -71,6 +76,23 @@ def gateway_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
 def gateway_namespace_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """Where the chart runs slm-gateway (unset: no gateway, no NetworkPolicy rule for it)."""
     return (env if env is not None else os.environ).get(GATEWAY_NAMESPACE_ENV) or None
+
+
+GATEWAY_KEY_SHA256_ENV = "SLM_GATEWAY_KEY_SHA256"
+
+
+def gateway_key_sha256(value: str) -> str:
+    """One digest, checked and lowercased; ValueError (naming no secret: it is a digest) otherwise."""
+    digest = value.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a SHA-256 hex digest (64 hex digits): {value!r}")
+    return digest
+
+
+def gateway_key_sha256_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """$SLM_GATEWAY_KEY_SHA256: comma-separated digests (unset or empty: none)."""
+    raw = (env if env is not None else os.environ).get(GATEWAY_KEY_SHA256_ENV) or ""
+    return tuple(dict.fromkeys(gateway_key_sha256(d) for d in raw.split(",") if d.strip()))
 
 
 def resync_from_env(env: Mapping[str, str] | None = None) -> float:

@@ -27,6 +27,7 @@ from slm_gateway.metrics import GatewayMetrics
 from slm_gateway.picking import AffinityTable
 from slm_gateway.quotas import Quotas
 from slm_gateway.scrape import scrape_forever
+from slm_gateway.upstream import UpstreamKey
 from slm_runtime.server.errors import handle_exception
 
 
@@ -47,6 +48,7 @@ def build_gateway(
             limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512),
         ),
         started_at=time.time(),
+        upstream_key=UpstreamKey(config.upstream_key_file),
         upstream_keys={
             d.name: os.environ[d.api_key_env]
             for d in config.deployments

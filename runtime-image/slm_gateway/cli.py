@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace", action="append", default=[], help="namespace to watch (repeatable; default all)"
     )
     p.add_argument("--keys-file", help="keys YAML (overrides keysFile)")
+    p.add_argument(
+        "--upstream-key-file", help="the gateway's own key for the runtimes (overrides upstreamKeyFile)"
+    )
     p.add_argument("--audit-log-content", action="store_true", help="also log prompts and answers")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
@@ -46,6 +49,8 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
     data = config.model_dump(by_alias=True)
     if args.keys_file:
         data["keysFile"] = args.keys_file
+    if args.upstream_key_file:
+        data["upstreamKeyFile"] = args.upstream_key_file
     if args.audit_log_content:
         data["audit"]["logContent"] = True
     if args.host:

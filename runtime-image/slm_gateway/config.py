@@ -35,7 +35,16 @@ class DeploymentConfig(_Strict):
     priority: int = Field(0, description="Higher is preferred while it has capacity.")
     capacity: int = Field(4, ge=1, description="Concurrent requests one endpoint takes before it is full.")
     api_key_env: str | None = Field(
-        None, alias="apiKeyEnv", description="Env var holding the runtime's own key, sent upstream."
+        None,
+        alias="apiKeyEnv",
+        description="Static mode: env var holding a key for this deployment's runtimes, sent upstream "
+        "instead of the gateway's upstream key.",
+    )
+    gateway_key: bool = Field(
+        True,
+        alias="gatewayKey",
+        description="Send the gateway's upstream key (`upstreamKeyFile`) to these runtimes; Kubernetes "
+        "mode sets it for SLMDeployments with spec.auth (their runtimes trust the key's SHA-256).",
     )
 
     @field_validator("endpoints")
@@ -102,6 +111,12 @@ class GatewayConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(default_factory=list)
     keys_file: str | None = Field(
         None, alias="keysFile", description="YAML list of keys; none means the gateway is open."
+    )
+    upstream_key_file: str | None = Field(
+        None,
+        alias="upstreamKeyFile",
+        description="File holding the gateway's own key for the runtimes (a mounted Secret; re-read "
+        "on change); none: no key is sent but a deployment's apiKeyEnv.",
     )
     routing: RoutingConfig = Field(default_factory=_defaults(RoutingConfig))
     audit: AuditConfig = Field(default_factory=_defaults(AuditConfig))

@@ -38,6 +38,7 @@ from slm_gateway.fleet import EndpointState, Fleet
 from slm_gateway.metrics import GatewayMetrics
 from slm_gateway.picking import Candidate, pick, prefix_chain
 from slm_gateway.quotas import Quotas
+from slm_gateway.upstream import UpstreamKey
 from slm_gateway.usage import Kind, StreamTap, Usage, read_usage
 from slm_runtime.errors import BadRequestError, ModelNotFoundError, SlmError, UnauthorizedError
 from slm_runtime.server._common import ClientGoneError, until_disconnect
@@ -141,7 +142,10 @@ class Gateway:
     metrics: GatewayMetrics
     client: httpx.AsyncClient
     started_at: float
+    upstream_key: UpstreamKey
+    """The gateway's own key, sent to every deployment with `gateway_key` (see slm_gateway.upstream)."""
     upstream_keys: dict[str, str]
+    """Static mode: a deployment's own key from its `apiKeyEnv`, sent instead of `upstream_key`."""
     synced: bool = True
     demand: DemandBook = field(default_factory=lambda: DemandBook(time.monotonic()))
 
@@ -369,9 +373,12 @@ class Gateway:
             self.finish(call, tap.usage)
 
     def upstream_headers(self, request: Request, dep: DeploymentConfig) -> dict[str, str]:
-        """Only what the runtime needs; the caller's gateway key never leaves the gateway."""
+        """Only what the runtime needs; the caller's gateway key never leaves the gateway. The
+        runtime gets the deployment's own key (static `apiKeyEnv`) or the gateway's upstream key."""
         headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
         upstream_key = self.upstream_keys.get(dep.name)
+        if not upstream_key and dep.gateway_key:
+            upstream_key = self.upstream_key.current()
         if upstream_key:
             headers["authorization"] = f"Bearer {upstream_key}"
         if request.client is not None:
@@ -479,9 +486,8 @@ class Gateway:
             return self.refuse(call, exc)
         return JSONResponse(self.model_card(model))
 
-    def apply(self, deployments: list[DeploymentConfig], upstream_keys: dict[str, str]) -> None:
+    def apply(self, deployments: list[DeploymentConfig]) -> None:
         """Kubernetes mode: the fleet as the cluster now describes it."""
         self.fleet.replace(deployments)
-        self.upstream_keys = upstream_keys
         self.synced = True
         self.demand.fleet_changed()

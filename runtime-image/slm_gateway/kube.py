@@ -3,7 +3,9 @@
 `deployments_from` is the pure mapping (table-tested); `KubeSource` is the thin I/O around it: one
 thread per resource runs a watch with the official `kubernetes` client and, after every event,
 hands the whole new fleet to the event loop (level-based: the latest picture wins, a lost event
-only delays). Runtime keys of SLMDeployments with `spec.auth` are read from their Secrets.
+only delays). It reads no Secret: a deployment with `spec.auth` gets the gateway's own upstream key
+(slm_gateway.upstream), which its runtime trusts by digest, so the gateway's ServiceAccount needs
+no access to Secrets in any namespace (issue 13, item 8).
 
 Priority: `slm.dev/gateway-priority` on the SLMDeployment if set; otherwise from where placement put
 it (`status.hardware`: npu 20, gpu 10, cpu 0), so a GPU deployment is preferred over its CPU fallback.
@@ -82,6 +84,7 @@ def deployments_from(slmds: Iterable[Obj], slices: Iterable[Obj]) -> list[Deploy
                     "endpoints": sorted(set(urls.get((ns, name), []))),
                     "priority": _priority(d),
                     "capacity": int((spec.get("runtime") or {}).get("parallel", 4)),
+                    "gatewayKey": bool(spec.get("auth")),
                 }
             )
         )
@@ -114,9 +117,7 @@ def _listers(
 class KubeSource:
     """Watches SLMDeployments and EndpointSlices in `namespaces` (all if empty) from threads."""
 
-    def __init__(
-        self, namespaces: list[str], apply: Callable[[list[DeploymentConfig], dict[str, str]], None]
-    ) -> None:
+    def __init__(self, namespaces: list[str], apply: Callable[[list[DeploymentConfig]], None]) -> None:
         self.namespaces = namespaces
         self._apply = apply
         self._slmds: dict[tuple[str, str], Obj] = {}
@@ -137,7 +138,6 @@ class KubeSource:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)  # type: ignore[no-untyped-call]
         self._loop = loop
         custom, discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
-        core = client.CoreV1Api()
         selector = "app.kubernetes.io/name=slm-runtime"
         for ns in self.namespaces or [""]:
             listers = _listers(custom, discovery, ns, selector)
@@ -147,7 +147,7 @@ class KubeSource:
             ):
                 threading.Thread(
                     target=self._watch,
-                    args=(kind, lister, table, core),
+                    args=(kind, lister, table),
                     name=f"watch-{kind}-{ns}",
                     daemon=True,
                 ).start()
@@ -155,9 +155,7 @@ class KubeSource:
     def stop(self) -> None:
         self._stop.set()
 
-    def _watch(
-        self, kind: str, lister: Callable[..., Any], table: dict[tuple[str, str], Obj], core: Any
-    ) -> None:
+    def _watch(self, kind: str, lister: Callable[..., Any], table: dict[tuple[str, str], Obj]) -> None:
         from kubernetes import client, watch
 
         api: Any = client.ApiClient()  # untyped: Any keeps mypy's strictness elsewhere
@@ -180,7 +178,7 @@ class KubeSource:
                     for item in items:
                         table[(item["metadata"].get("namespace", ""), item["metadata"]["name"])] = item
                     self._seen[kind] = True
-                self._publish(core)
+                self._publish()
                 for event in watcher().stream(lister, resource_version=version, timeout_seconds=60):
                     if self._stop.is_set():
                         return
@@ -192,39 +190,17 @@ class KubeSource:
                             table.pop(ref, None)
                         else:
                             table[ref] = item
-                    self._publish(core)
+                    self._publish()
             except Exception as exc:  # the API server went away, a 410 Gone: list again
                 log.warning("watch of %s failed (%s); listing again", kind, exc.__class__.__name__)
                 time.sleep(2)
 
-    def _publish(self, core: Any) -> None:
-        import base64
-
+    def _publish(self) -> None:
         with self._lock:
             if not all(self._seen.values()):
                 return
             slmds, slices = list(self._slmds.values()), list(self._slices.values())
-        keys: dict[str, str] = {}
-        for d in slmds:
-            auth = (d.get("spec") or {}).get("auth")
-            if not auth:
-                continue
-            meta = d["metadata"]
-            ref = auth.get("apiKeySecretRef") or {}
-            try:
-                secret = core.read_namespaced_secret(ref.get("name"), meta["namespace"])
-                raw = base64.b64decode((secret.data or {}).get(ref.get("key", "api-key"), "")).decode()
-            except Exception as exc:
-                log.warning(
-                    "cannot read the runtime key of %s/%s: %s",
-                    meta["namespace"],
-                    meta["name"],
-                    exc.__class__.__name__,
-                )
-                continue
-            first = next((k.strip() for k in raw.splitlines() if k.strip() and not k.startswith("#")), "")
-            keys[f"{meta['namespace']}/{meta['name']}"] = first
         deployments = deployments_from(slmds, slices)
         self.synced.set()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._apply, deployments, keys)
+            self._loop.call_soon_threadsafe(self._apply, deployments)

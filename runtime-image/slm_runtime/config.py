@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 ModelFormat = Literal["gguf", "onnx", "auto"]
 HardwareClass = Literal["cpu", "gpu", "npu"]
@@ -162,6 +162,14 @@ class AuthSection(_Strict):
     min_key_length: int = Field(16, alias="minKeyLength", ge=8, description="Shorter keys are refused.")
     reload_seconds: float = Field(
         2.0, alias="reloadSeconds", gt=0, le=60, description="How often the key file is checked for changes."
+    )
+    trusted_key_sha256: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] | None = Field(
+        None,  # None, not []: left out of the YAML, so configs without digests keep their hash
+        alias="trustedKeySha256",
+        max_length=8,
+        description="SHA-256 digests (lowercase hex) of keys accepted besides the user keys: "
+        "slm-gateway's upstream key, set by the operator. Only with a key file or key variable: "
+        "a digest never switches authentication on by itself.",
     )
 
 

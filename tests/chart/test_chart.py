@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -222,13 +223,16 @@ def test_default_operator_deployment(tmp_path: Path) -> None:
 
     container = operator_container(docs)
     assert container["image"] == "ghcr.io/slm-operator/slm-operator:0.1.0"
-    assert container["args"] == [
+    *args, digest = container["args"]
+    assert args == [
         "run",
         "--all-namespaces",
         "--standalone",
         "--metrics-port=9090",
         "--liveness=http://0.0.0.0:8081/healthz",
     ]
+    # the gateway's upstream key, by digest (tests/gateway/test_gw_chart.py)
+    assert re.fullmatch(r"--gateway-key-sha256=[0-9a-f]{64}", digest), digest
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -276,6 +280,11 @@ def test_default_rbac_is_one_cluster_role(tmp_path: Path) -> None:
     assert not any(group == "kopf.dev" for group, _, _ in granted)
     # Issue 13: `get secrets` cluster-wide would read every Secret's data in the cluster.
     assert not any(resource == "secrets" for _, resource, _ in granted)
+    # Issue 13, item 8: nor may the gateway, the network-facing component (no Secret access at all)
+    gateway_roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role") and is_gateway(d)]
+    assert gateway_roles
+    for gateway_role in gateway_roles:
+        assert not any(resource == "secrets" for _, resource, _ in rules_of(gateway_role))
 
 
 def test_chart_rbac_equals_the_operators_own_rules(tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ REAL_NODE = REPO_ROOT / "hack" / "real-node"
 NODE_NAME = os.environ.get("SLM_REAL_NODE_NAME", "slm-real-node")
 VENV_BIN = Path(sys.executable).parent
 GROUP, VERSION, PLURAL = "slm.dev", "v1alpha1", "slmdeployments"
+GATEWAY_UPSTREAM_KEY = "e2e-gateway-upstream-key-7f3c9a1b5d2e8f4a6c0b"
+"""slm-gateway's own key for the runtimes: the session's operator gets its SHA-256 (the chart's
+`--gateway-key-sha256`), so runtimes with spec.auth accept it (tests/e2e/test_gateway_realnode.py)."""
 
 
 def _load_model_source() -> ModuleType:
@@ -240,6 +243,7 @@ def operator_ns(
             "KUBECONFIG": kubeconfig,
             "SLM_DEMAND_URL": f"{fleet_gateway}/demand",
             "SLM_AUTOSCALE_SECONDS": "1",
+            "SLM_GATEWAY_KEY_SHA256": hashlib.sha256(GATEWAY_UPSTREAM_KEY.encode()).hexdigest(),
         },
     )
     try:

@@ -236,3 +236,30 @@ def test_gateway_follows_slmdeployments_and_endpointslices(
             oai.chat.completions.create(model="beta", messages=[{"role": "user", "content": "hi"}])
     finally:
         gw.stop()
+
+
+def test_attack_gateway_credentials_read_no_secret(
+    kube_api: client.ApiClient, namespace: str, gateway_kubeconfig: Path
+) -> None:
+    """Issue 13, item 8: a compromised gateway holds its ServiceAccount's token; with the chart's
+    rules it can read no Secret (a model's API key here), get, list or watch, and still do its job."""
+    from kubernetes import config as kube_config
+
+    secret = {"metadata": {"name": "model-keys"}, "stringData": {"api-key": "sk-model-key-0123456789"}}
+    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, secret)
+    as_gateway = kube_config.new_client_from_config(config_file=str(gateway_kubeconfig))
+    core = client.CoreV1Api(as_gateway)
+    attempts = {
+        "get": lambda: core.read_namespaced_secret("model-keys", namespace),
+        "list": lambda: core.list_namespaced_secret(namespace),
+        "list-all": core.list_secret_for_all_namespaces,
+        "watch": lambda: core.list_namespaced_secret(namespace, watch=True, timeout_seconds=1),
+    }
+    for verb, attempt in attempts.items():
+        with pytest.raises(client.ApiException) as refused:
+            attempt()
+        assert refused.value.status == 403, verb
+    listed = client.CustomObjectsApi(as_gateway).list_namespaced_custom_object(
+        "slm.dev", "v1alpha1", namespace, "slmdeployments"
+    )
+    assert listed["items"] == []

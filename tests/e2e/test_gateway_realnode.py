@@ -1,6 +1,10 @@
 """slm-gateway in front of a real fleet on the real node: one endpoint, two models, the official
 clients, keys, quotas, audit lines, and a pod deleted mid-test.
 
+`support` has spec.auth (issue 13, item 8): the gateway reaches it with its own upstream key, which
+the runtime trusts by the SHA-256 the operator put in its config, while the gateway's role grants
+no Secret access at all; direct clients need the user key from the Secret, a wrong key is refused.
+
 The fleet: two SLMDeployments reconciled by the operator onto the real kubelet node, each serving
 the real SmolLM2-135M-Instruct under its own model name (`chat`, 2 replicas; `support`, 1), fetched
 over HTTPS by their init containers (the session's model source, tests/e2e/realnode.py). The
@@ -14,6 +18,7 @@ read its fleet state and audit file directly.)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -28,7 +33,16 @@ import yaml
 from kubernetes import client
 
 from .helpers import serviceaccount_kubeconfig, wait_for
-from .realnode import GROUP, PLURAL, REALNODE_MARKS, VERSION, describe, pods_of, slmd
+from .realnode import (
+    GATEWAY_UPSTREAM_KEY,
+    GROUP,
+    PLURAL,
+    REALNODE_MARKS,
+    VERSION,
+    describe,
+    pods_of,
+    slmd,
+)
 from .test_gateway_kube import _chart_gateway_role
 
 pytestmark = REALNODE_MARKS
@@ -41,6 +55,8 @@ KEYS = [
     {"id": "limited", "key": LIMITED, "models": ["*"], "requestsPerMinute": 2},
 ]
 REPLICAS = {"chat": 2, "support": 1}
+AUTHENTICATED = "support"
+USER_KEY = "sk-e2e-support-user-key-0123"  # the runtime's own key, for direct clients
 
 
 def _ready_ips(api: client.ApiClient, ns: str, name: str) -> list[str]:
@@ -65,11 +81,15 @@ def fleet(
     """`chat` (2 pods) and `support` (1 pod) Ready on the real node; deleted afterwards."""
     custom = client.CustomObjectsApi(kube_api)
     real = model_server["smollm2"]
+    secret = {"metadata": {"name": "support-keys"}, "stringData": {"api-key": f"{USER_KEY}\n"}}
+    client.CoreV1Api(kube_api).create_namespaced_secret(operator_ns, secret)
     for name, replicas in REPLICAS.items():
         body = slmd(
             name, test_image, real["uri"], real["sha256"], model=name, quantization="Q4_1", parallel=2
         )
         body["spec"]["replicas"] = replicas
+        if name == AUTHENTICATED:
+            body["spec"]["auth"] = {"apiKeySecretRef": {"name": "support-keys", "key": "api-key"}}
         custom.create_namespaced_custom_object(GROUP, VERSION, operator_ns, PLURAL, body)
     try:
         for name, replicas in REPLICAS.items():
@@ -242,6 +262,30 @@ def _pod_deleted_mid_test(api: client.ApiClient, url: str, audit: Path, ns: str,
     assert all(victim not in x["endpoint"] for x in after), [x["endpoint"] for x in after]
 
 
+def _direct_clients_need_the_user_key(ips: list[str]) -> None:
+    """The authenticated pod, straight (no gateway): the user key from its Secret works as before,
+    a wrong key and the gateway key's digest are refused in the API's format."""
+    url = f"http://{ips[0]}:8080"
+    body = {"model": AUTHENTICATED, "messages": QUESTION, "max_tokens": 2}
+    for wrong in (
+        None,
+        "sk-e2e-wrong-key-0123456789",
+        hashlib.sha256(GATEWAY_UPSTREAM_KEY.encode()).hexdigest(),
+    ):
+        headers = {"Authorization": f"Bearer {wrong}"} if wrong else {}
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        assert refused.status_code == 401, (wrong, refused.text)
+        assert refused.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        _oai(url, "sk-e2e-wrong-key-0123456789").chat.completions.create(
+            model=AUTHENTICATED, messages=QUESTION, max_tokens=2
+        )
+    out = _oai(url, USER_KEY).chat.completions.create(
+        model=AUTHENTICATED, messages=QUESTION, max_tokens=16, temperature=0
+    )
+    assert "Paris" in (out.choices[0].message.content or ""), out
+
+
 def test_one_endpoint_serves_the_real_fleet(
     kube_api: client.ApiClient,
     fleet: str,
@@ -256,10 +300,13 @@ def test_one_endpoint_serves_the_real_fleet(
     ns = fleet
     keys, audit = tmp_path / "keys.yaml", tmp_path / "audit.jsonl"
     keys.write_text(yaml.safe_dump(KEYS))
+    upstream_key = tmp_path / "upstream-key"  # what the chart mounts from its Secret
+    upstream_key.write_text(f"{GATEWAY_UPSTREAM_KEY}\n")
     monkeypatch.setenv("KUBECONFIG", str(gateway_kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     config = {
         "keysFile": str(keys),
+        "upstreamKeyFile": str(upstream_key),
         "audit": {"stdout": False, "file": str(audit)},
         "routing": {"scrapeSeconds": 0.5},
     }
@@ -274,8 +321,11 @@ def test_one_endpoint_serves_the_real_fleet(
                 lambda n=name, r=replicas: len(state.endpoints_of(n)) == r, 60, f"{replicas} {name} endpoints"
             )
         ips = {name: _ready_ips(kube_api, ns, name) for name in REPLICAS}
+        role = _chart_gateway_role()  # what the gateway ran as: no Secret in any namespace
+        assert not [r for r in role["rules"] if "secrets" in r["resources"]], role
 
         _both_models_both_clients(gw.url, audit, ns, ips)
+        _direct_clients_need_the_user_key(ips[AUTHENTICATED])
         _access_and_quota(gw.url, audit)
         _pod_deleted_mid_test(kube_api, gw.url, audit, ns, state)
     finally:

@@ -49,8 +49,14 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("server: {port: 9000}\naudit: {stdout: true}\n")
     args = argparse.Namespace(
-        config=cfg, keys_file="/k.yaml", host="127.0.0.1", port=9100, audit_log_content=True
+        config=cfg,
+        keys_file="/k.yaml",
+        upstream_key_file="/upstream/key",
+        host="127.0.0.1",
+        port=9100,
+        audit_log_content=True,
     )
     config = load_config(args)
     assert (config.server.host, config.server.port) == ("127.0.0.1", 9100)
     assert config.keys_file == "/k.yaml" and config.audit.log_content is True
+    assert config.upstream_key_file == "/upstream/key"

@@ -67,7 +67,7 @@ def test_a_held_request_is_forwarded_when_a_pod_turns_ready(tmp_path: Path, pod:
             during = (await client.get("/demand")).json()
             assert not request.done()
             # what the Kubernetes source does when the EndpointSlice lists a ready pod
-            gw.apply([DeploymentConfig(name="ns/alpha", model="alpha", endpoints=[pod.url])], {})
+            gw.apply([DeploymentConfig(name="ns/alpha", model="alpha", endpoints=[pod.url])])
             response = await request
             assert before["deployments"]["ns/alpha"]["inFlight"] == 0
             return response, during, (await client.get("/demand")).json()
@@ -140,7 +140,7 @@ def test_an_unknown_model_is_still_404_and_hold_zero_refuses_at_once(tmp_path: P
 
 def test_idle_seconds_count_from_the_last_request(tmp_path: Path, pod: Served) -> None:
     app, gw, _ = _app(tmp_path, hold=30)
-    gw.apply([DeploymentConfig(name="ns/alpha", model="alpha", endpoints=[pod.url])], {})
+    gw.apply([DeploymentConfig(name="ns/alpha", model="alpha", endpoints=[pod.url])])
 
     async def main() -> tuple[float, float]:
         transport = httpx.ASGITransport(app=app)

@@ -202,7 +202,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: slm-operator
 {{- end -}}
 
-{{/* The gateway reads SLMDeployments, their EndpointSlices and their runtime-key Secrets; nothing else. */}}
+{{/* The gateway reads SLMDeployments and their EndpointSlices; nothing else. No Secrets: it sends
+its own upstream key (gateway.upstreamKey, mounted by the kubelet), which runtimes trust by digest. */}}
 {{- define "slm-operator.gatewayRules" -}}
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments"]
@@ -210,8 +211,38 @@ app.kubernetes.io/part-of: slm-operator
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
-# The runtime key of an SLMDeployment with spec.auth, sent upstream; read by name only.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
+{{- end -}}
+
+{{/* The Secret holding the gateway's upstream key: gateway.upstreamKey.existingSecret or the generated one. */}}
+{{- define "slm-operator.gatewayUpstreamKeySecret" -}}
+{{- .Values.gateway.upstreamKey.existingSecret | default (include "slm-operator.suffixed" (list . "gateway-upstream-key")) -}}
+{{- end -}}
+
+{{/* The generated upstream key: the one already in the cluster (kept across upgrades), else 48
+random characters. Made once per render and remembered in .Values, so the Secret and the digest
+given to the operator are taken of the same key. */}}
+{{- define "slm-operator.gatewayGeneratedKey" -}}
+{{- if not (hasKey .Values.gateway.upstreamKey "generatedKey") -}}
+{{- $key := randAlphaNum 48 -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "slm-operator.gatewayUpstreamKeySecret" .) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "key") -}}
+{{- $key = index $existing.data "key" | b64dec -}}
+{{- end -}}
+{{- $_ := set .Values.gateway.upstreamKey "generatedKey" $key -}}
+{{- end -}}
+{{- index .Values.gateway.upstreamKey "generatedKey" -}}
+{{- end -}}
+
+{{/* The digests of the upstream key the operator writes into runtime configs, one per line. */}}
+{{- define "slm-operator.gatewayKeyDigests" -}}
+{{- if .Values.gateway.upstreamKey.existingSecret -}}
+{{- if not .Values.gateway.upstreamKey.sha256 -}}
+{{- fail "gateway.upstreamKey.existingSecret needs gateway.upstreamKey.sha256: the SHA-256 of its key (printf %s KEY | sha256sum)" -}}
+{{- end -}}
+{{- range .Values.gateway.upstreamKey.sha256 }}
+{{ lower . }}
+{{- end -}}
+{{- else -}}
+{{ include "slm-operator.gatewayGeneratedKey" . | sha256sum }}
+{{- end -}}
 {{- end -}}

@@ -377,6 +377,7 @@ def plan(
     gateway_namespace: str | None = None,
     gateway_url: str | None = None,
     optional_kinds: frozenset[str] = frozenset(),
+    gateway_key_sha256: tuple[str, ...] = (),
 ) -> Plan:
     """Desired children of the SLMDeployment `body` against `observed`: what to apply and delete.
 
@@ -398,6 +399,7 @@ def plan(
         default_image=image,
         gateway_namespace=gateway_namespace,
         inference_pools=INFERENCE_POOL_KIND in optional_kinds,
+        gateway_key_sha256=gateway_key_sha256,
     )
     desired = [keep_immutable(o, observed.children.get(key_of(o))) for o in owned(render(ctx), owner)]
     apply = []

@@ -189,13 +189,15 @@ def reconcile(
     policy: Policy | None = None,
     check_secrets: bool = True,
     optional_kinds: frozenset[str] = frozenset(),
+    gateway_key_sha256: tuple[str, ...] = (),
 ) -> Outcome:
     """Bring the children of the SLMDeployment `body` to the desired state and report it in status.
 
     `gateway_namespace`: where slm-gateway runs (the NetworkPolicy admits it); `gateway_url`: its
     OpenAI URL, shown as status.endpoints.fleet; `policy`: what the spec may ask for (None: no
     policy check); `check_secrets`: whether the API-key Secret is read first (see `Settings`);
-    `optional_kinds`: the optional child kinds the API server serves (InferencePool)."""
+    `optional_kinds`: the optional child kinds the API server serves (InferencePool);
+    `gateway_key_sha256`: the gateway key digests runtimes with spec.auth trust (`Settings`)."""
     owner = Owner.from_body(body)
     spec = parse_spec(body)
     if policy is not None:
@@ -217,6 +219,7 @@ def reconcile(
         gateway_namespace=gateway_namespace,
         gateway_url=gateway_url,
         optional_kinds=optional_kinds,
+        gateway_key_sha256=gateway_key_sha256,
     )
     check_names(the_plan, observed, cluster)
     return execute(the_plan, cluster, replicas_hand_overs(the_plan, observed.children))

@@ -117,6 +117,7 @@ def run_reconcile(
                 policy=ctx.settings.policy,
                 check_secrets=ctx.settings.check_auth_secrets,
                 optional_kinds=ctx.served.kinds(),
+                gateway_key_sha256=ctx.settings.gateway_key_sha256,
             )
         except SlmOperatorError as err:
             ctx.metrics.errors.labels(reason=err.reason).inc()

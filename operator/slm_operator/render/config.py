@@ -47,7 +47,13 @@ def runtime_config(ctx: RenderContext) -> RuntimeConfig:
     sampling = prompt.parameters.to_api() if prompt is not None and prompt.parameters is not None else {}
     auth = AuthSection.model_validate({})
     if spec.auth is not None:
-        auth = AuthSection.model_validate({"apiKeyFile": f"{AUTH_DIR}/{spec.auth.api_key_secret_ref.key}"})
+        auth = AuthSection.model_validate(
+            {
+                "apiKeyFile": f"{AUTH_DIR}/{spec.auth.api_key_secret_ref.key}",
+                # the gateway's key, trusted by digest (only with the user's key file: never alone)
+                "trustedKeySha256": list(ctx.gateway_key_sha256) or None,
+            }
+        )
     return RuntimeConfig(
         model=ModelSection(
             name=spec.model.name,

@@ -40,6 +40,9 @@ class RenderContext:
     inference_pools: bool = False
     """Whether the API server serves InferencePools (`inference.networking.k8s.io/v1`): then one is
     rendered per SLMDeployment."""
+    gateway_key_sha256: tuple[str, ...] = ()
+    """Digests of slm-gateway's upstream key (`Settings.gateway_key_sha256`): a spec with `auth`
+    gets them as the runtime's `auth.trustedKeySha256`."""
 
     @property
     def image(self) -> str:

@@ -16,6 +16,18 @@ Fail closed, never open:
 
 Logs name a key by its id: the `ID:` given in the file, else `sha256:` + the first 8 hex digits
 of its hash. The key itself is never logged.
+
+Trusted digests (`auth.trustedKeySha256`, issue 13 item 8): slm-gateway presents one key of its own
+to every runtime with `spec.auth`, so it never reads the users' key Secrets. The operator puts only
+the key's SHA-256 in the runtime config (a digest of a high-entropy random key reveals nothing);
+a presented key whose SHA-256 equals a trusted digest is accepted, logged as `gateway:` + the
+first 8 hex digits of the digest. The digests add to the user keys and never replace them:
+* they do not count as usable keys at start: a key file (or variable) with no usable key still
+  refuses to start, whatever digests are trusted;
+* digests with no key file and no key variable are a start-up error too: authentication is off
+  then, and a runtime that looks protected by the gateway's key would in fact be open to anyone;
+* at run time, a rotation that leaves the file with no usable key refuses every user key; the
+  gateway's key (configured by the operator, not in that file) keeps working.
 """
 
 from __future__ import annotations
@@ -49,8 +61,21 @@ class ApiKey:
     secret: bytes
 
 
+@dataclass(frozen=True)
+class TrustedDigest:
+    """A key known only by its SHA-256 (slm-gateway's upstream key) and the id the logs use for it."""
+
+    id: str
+    digest: bytes
+
+
 def key_id(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+def trusted_digests(hex_digests: list[str]) -> list[TrustedDigest]:
+    """Pure: the config's lowercase-hex digests (validated by `AuthSection`) as bytes, with ids."""
+    return [TrustedDigest("gateway:" + h[:8], bytes.fromhex(h)) for h in dict.fromkeys(hex_digests)]
 
 
 def parse_keys(lines: list[str], min_length: int, source: str) -> tuple[list[ApiKey], list[str]]:
@@ -80,6 +105,7 @@ class KeyRing:
         self._clock = clock
         self._env_keys: list[ApiKey] = []
         self._file_keys: list[ApiKey] = []
+        self._trusted = trusted_digests(auth.trusted_key_sha256 or [])
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self.enabled = False
@@ -103,12 +129,20 @@ class KeyRing:
             problems += bad
             if not self._file_keys:
                 problems.append(f"auth.apiKeyFile {auth.api_key_file} holds no usable key")
+        if self._trusted and not auth.api_key_file and env_value is None:
+            problems.append(
+                f"auth.trustedKeySha256 is set but neither auth.apiKeyFile nor ${auth.api_key_env} is: "
+                "authentication would be off and the API open to everyone, not only to the gateway"
+            )
         if problems:
             raise AuthConfigError("refusing to start with unusable API keys: " + "; ".join(problems))
         self.enabled = bool(auth.api_key_file) or env_value is not None
         self._checked = self._clock()
         if self.enabled:
-            log.info("API key authentication on: key ids %s", ", ".join(k.id for k in self.keys))
+            log.info(
+                "API key authentication on: key ids %s",
+                ", ".join([k.id for k in self.keys] + [t.id for t in self._trusted]),
+            )
 
     def _read_file(self) -> tuple[list[ApiKey], list[str]]:
         path = Path(self._auth.api_key_file or "")
@@ -148,19 +182,26 @@ class KeyRing:
         self._file_keys = keys
         after = {k.id for k in keys}
         if not self.keys:
-            log.error("auth.apiKeyFile %s now holds no usable key: every request is refused", path)
+            gateway = " (but the gateway's trusted key)" if self._trusted else ""
+            log.error("auth.apiKeyFile %s now holds no usable key: every request%s is refused", path, gateway)
         log.info(
             "API keys reloaded: added %s, removed %s",
             sorted(after - before) or "none",
             sorted(before - after) or "none",
         )
 
-    def match(self, presented: bytes) -> ApiKey | None:
-        """The key equal to `presented`; compares against every key (no early exit)."""
-        found: ApiKey | None = None
+    def match(self, presented: bytes) -> ApiKey | TrustedDigest | None:
+        """The key equal to `presented`, or the trusted digest equal to its SHA-256; compares
+        against every key and every digest (no early exit), so timing tells neither which nor
+        whether a user key or the gateway's key matched."""
+        found: ApiKey | TrustedDigest | None = None
         for key in self.current():
             if hmac.compare_digest(presented, key.secret):
                 found = key
+        digest = hashlib.sha256(presented).digest()
+        for trusted in self._trusted:
+            if hmac.compare_digest(digest, trusted.digest):
+                found = trusted
         return found
 
 
