@@ -15,6 +15,8 @@ The node, the image, the model source and the operator are the session's (tests/
 from __future__ import annotations
 
 import secrets
+import sys
+import time
 from typing import Any
 
 import httpx
@@ -53,8 +55,11 @@ def test_runtime_refusing_to_start_is_degraded_with_its_reason_then_recovers(
     body = slmd(name, test_image, model_server["uri"], model_server["sha256"])
     body["spec"]["auth"] = {"apiKeySecretRef": {"name": secret, "key": SECRET_KEY}}
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    started = time.monotonic()
     try:
-        _check(core=core, custom=custom, kube_api=kube_api, kubeconfig=kubeconfig, ns=ns, name=name)
+        _check(
+            core=core, custom=custom, kube_api=kube_api, kubeconfig=kubeconfig, ns=ns, name=name, t0=started
+        )
     finally:
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         core.delete_namespaced_secret(secret, ns)
@@ -68,6 +73,7 @@ def _check(
     kubeconfig: str,
     ns: str,
     name: str,
+    t0: float,
 ) -> None:
     def degraded() -> dict[str, dict[str, Any]] | None:
         conds = _conditions(custom, ns, name)
@@ -78,6 +84,7 @@ def _check(
         conds = wait_for(degraded, 240, f"{ns}/{name} Degraded/RuntimeStartFailed", interval=2)
     except TimeoutError as e:
         raise AssertionError(f"{e}\n{_conditions(custom, ns, name)}\n{describe(kubeconfig, ns)}") from None
+    t_degraded = time.monotonic() - t0
     message = conds["Degraded"]["message"]
     assert REFUSAL in message and "(exit code 2)" in message, message
     assert "/etc/slm/auth/" + SECRET_KEY in message, message  # the runtime's own words, not a guess
@@ -95,7 +102,9 @@ def _check(
     # restart (CrashLoopBackOff's delay) serves, and the status clears from the pods alone
     key = "sk-" + secrets.token_hex(16)
     core.patch_namespaced_secret(f"{name}-keys", ns, {"stringData": {SECRET_KEY: f"# rotated\nci:{key}\n"}})
+    t_fixed = time.monotonic()
     pod = ready_pod(kube_api, kubeconfig, ns, name, timeout=420)
+    t_ready = time.monotonic() - t_fixed
 
     def recovered() -> dict[str, dict[str, Any]] | None:
         conds = _conditions(custom, ns, name)
@@ -106,6 +115,11 @@ def _check(
         wait_for(recovered, 90, f"{ns}/{name} Ready and no longer Degraded", interval=1)
     except TimeoutError as e:
         raise AssertionError(f"{e}\n{_conditions(custom, ns, name)}") from None
+    print(
+        f"apply -> Degraded/RuntimeStartFailed {t_degraded:.1f}s; Secret fixed -> pod Ready {t_ready:.1f}s,"
+        f" -> condition cleared {time.monotonic() - t_fixed:.1f}s",
+        file=sys.stderr,
+    )
 
     # it serves with auth on: the new key is accepted, no key is a 401 (from the host, which
     # NetworkPolicy enforcers let through like the kubelet's probes)
