@@ -190,7 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=5,
         access_log=False,
-        **uvicorn_options(settings.limits),  # connection limit, head and keep-alive timeouts
+        # connection limits (the probe listener's apart), head and keep-alive timeouts
+        **uvicorn_options(settings.limits, settings.server.metrics_port),
     )
     server = DrainingServer(
         config,
@@ -202,8 +203,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def listen_sockets(config: Any, metrics_port: int | None) -> list[socket.socket] | None:
-    """With `server.metricsPort`: the API socket and the metrics socket, both served by the one
-    uvicorn server (server/metrics_port.py routes by port). Without it: None, uvicorn binds."""
+    """With `server.metricsPort`: the API socket and the metrics/probe socket, both served by
+    the one uvicorn server (server/metrics_port.py routes by port; server/guard.py bounds the probe
+    socket's connections apart from the API's). Without it: None, uvicorn binds."""
     if metrics_port is None:
         return None
     api = config.bind_socket()

@@ -643,6 +643,32 @@ def test_a_runtime_that_refuses_to_start_makes_the_deployment_degraded_with_its_
     assert fetch_failure_events(update, update) == []
 
 
+def test_a_runtime_that_starts_again_clears_runtime_start_failed() -> None:
+    """Once the key file is fixed and the runtime serves, a status refresh from the pods (no
+    reconcile runs: nothing in the spec changed) makes Ready True and Degraded False; before,
+    Degraded stayed True with RuntimeStartFailed beside Ready=True."""
+    from slm_operator.reconcile.status import observed_status
+
+    why = "refusing to start with unusable API keys: auth.apiKeyFile /etc/slm/auth/k holds no usable key"
+    unavailable = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1},
+    }
+    old = {"observedGeneration": 1, "conditions": []}
+    failed = observed_status(
+        unavailable, old, "2026-01-01T00:00:00Z", [_pod_with_refused_runtime("m-1", why)]
+    )
+    assert failed is not None
+    healthy = {**unavailable, "status": {**unavailable["status"], "availableReplicas": 1, "readyReplicas": 1}}
+    serving = _pod_with_refused_runtime("m-1", why, ready=True)  # the restarted container is ready
+    fixed = observed_status(healthy, failed, "2026-01-01T00:01:00Z", [serving])
+    assert fixed is not None
+    conds = {c["type"]: c for c in fixed["conditions"]}
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Degraded"]["status"] == "False" and conds["Degraded"]["reason"] == "Recovered"
+
+
 def test_a_failed_fetch_makes_ready_false_and_degraded_with_the_reason_and_one_event() -> None:
     from slm_operator.reconcile.status import fetch_failure_events, observed_status
 

@@ -135,9 +135,10 @@ def test_deployment_pod_security_and_probes() -> None:
         {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
     ]
-    assert runtime["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # probes on the metrics port: a connection flood past the API port's limit must not fail them
+    assert runtime["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     # preStop sleep + the runtime's drain must fit in the grace period, or SIGKILL cuts requests.
     pre_stop = runtime["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and int(pre_stop[1]) + 30 < pod["terminationGracePeriodSeconds"]
@@ -147,6 +148,25 @@ def test_deployment_pod_security_and_probes() -> None:
         "kubernetes.io/hostname",
         "topology.kubernetes.io/zone",
     ]
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_probes_target_the_runtime_probe_listener_not_the_api_port(case: str) -> None:
+    """Every probe's named port is the container port the runtime config opens as
+    `server.metricsPort` (which serves /healthz and /readyz apart from the API's connection
+    limit), not `server.port`; and the NetworkPolicy's API-client rule does not open it."""
+    objs = _render(spec(**SPECS[case]), _pool_nodes())
+    runtime = _container(objs)
+    config = RuntimeConfig.model_validate(yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"]))
+    ports = {p["name"]: p["containerPort"] for p in runtime["ports"]}
+    assert config.server.metrics_port is not None
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        target = ports[runtime[kind]["httpGet"]["port"]]
+        assert target == config.server.metrics_port != config.server.port, kind
+    # API clients reach the API port only; the probe port is opened to scrapers (and the
+    # gateway), while the kubelet probes from the node, which policies do not filter
+    clients = objs["NetworkPolicy"]["spec"]["ingress"][0]
+    assert clients["ports"] == [{"port": config.server.port, "protocol": "TCP"}]
 
 
 def test_fetch_then_serve_commands() -> None:

@@ -1,8 +1,9 @@
 """`server.metricsPort`: /metrics on a listener of its own, as operator-made pods run the runtime.
 
-A NetworkPolicy admits by port, so the scrapers' port must serve metrics and nothing else, and the
-API port must not serve them. Tested with `slm-runtime serve` in a subprocess (the pod's command),
-over real sockets; SIGTERM still drains and exits 0 with two listeners.
+A NetworkPolicy admits by port, so the scrapers' port must serve metrics (and the kubelet's
+probes) and nothing else, and the API port must not serve metrics. Tested with `slm-runtime serve`
+in a subprocess (the pod's command), over real sockets; SIGTERM still drains and exits 0 with two
+listeners.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def test_metrics_port_serves_metrics_only(runtime: tuple[str, str]) -> None:
         line.startswith("vllm:request_success_total") and not line.endswith(" 0.0")
         for line in page.text.splitlines()
     )
-    for path in ("/v1/models", "/api/tags", "/readyz", "/healthz"):
+    for path in ("/v1/models", "/api/tags", "/api/version"):
         refused = httpx.get(f"{metrics}{path}", timeout=10)
         assert refused.status_code == 404, path
     openai_style = httpx.post(
@@ -79,6 +80,17 @@ def test_metrics_port_serves_metrics_only(runtime: tuple[str, str]) -> None:
     )
     assert openai_style.status_code == 404
     assert "only /metrics" in openai_style.json()["error"]["message"]
+
+
+def test_probes_are_served_on_both_ports(runtime: tuple[str, str]) -> None:
+    """The kubelet probes the metrics port (outside the API port's connection limit, see
+    tests/security/test_runtime_flood.py); the API port keeps /healthz and /readyz for others."""
+    api, metrics = runtime
+    metrics_port = int(metrics.rsplit(":", 1)[1])
+    for base in (api, metrics):
+        assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"status": "ready", "metricsPort": metrics_port}
 
 
 def test_api_port_has_no_metrics_and_names_the_port(runtime: tuple[str, str]) -> None:

@@ -110,10 +110,11 @@ def base_config(model: Path, **sections: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class HealthProbe:
-    """Polls /healthz on a fresh connection every `interval` seconds from a thread, recording
-    each answer's latency; a probe that fails or times out is recorded as a failure."""
+    """Polls `path` (/healthz) on a fresh connection every `interval` seconds from a thread,
+    recording each answer's latency; a probe that fails or times out is recorded as a failure."""
 
     url: str
+    path: str = "/healthz"
     interval: float = 0.1
     timeout: float = 5.0
     latencies: list[float] = field(default_factory=list)
@@ -127,7 +128,7 @@ class HealthProbe:
             # costs more than the answer being timed
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
-                conn.request("GET", "/healthz")
+                conn.request("GET", self.path)
                 status = conn.getresponse().status
             except OSError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -166,8 +167,8 @@ class HealthProbe:
         assert not self.failures, self.failures
         assert self.latencies, "no probe completed"
         worst = max(self.latencies)
-        print(f"healthz during the attack: {len(self.latencies)} probes, worst {worst * 1000:.0f} ms")
-        assert worst < bound, f"/healthz took {worst:.2f}s during the attack"
+        print(f"{self.path} during the attack: {len(self.latencies)} probes, worst {worst * 1000:.0f} ms")
+        assert worst < bound, f"{self.path} took {worst:.2f}s during the attack"
 
 
 ProbeFactory = Callable[[], HealthProbe]

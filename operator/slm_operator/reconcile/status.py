@@ -320,6 +320,7 @@ def observed_status(
     recovering = degraded_before is not None and degraded_before.get("reason") in (
         "ProgressDeadlineExceeded",
         FETCH_FAILED,
+        RUNTIME_FAILED,
         PROVIDER_FALLBACK,
     )
     if recovering and not any(c["type"] == "Degraded" for c in conds):

@@ -44,8 +44,12 @@ def container_security_context() -> dict[str, Any]:
 
 
 def _probe(path: str, *, period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
+    # The metrics port, not the API port: beyond limits.maxConnections the API port answers 503
+    # to everything, so a client connection flood would fail the probes (restart, or out of the
+    # Service). The runtime serves /healthz and /readyz on both; the probe port has its own bound.
+    # The kubelet probes from the node, which NetworkPolicy enforcers let through.
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "metrics"},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,

@@ -1,11 +1,18 @@
 """Bounds on what one request can make the server do before any policy runs.
 
-Three layers, outermost first:
+The layers, outermost first:
 
 * `GuardedH11Protocol` (uvicorn's h11 protocol plus a deadline on the request head): a client
   that trickles its request line and headers (slowloris) is disconnected after
   `limits.headerTimeoutSeconds`, so it cannot hold one of `limits.maxConnections` forever.
   uvicorn itself only times out *idle* keep-alive connections.
+* The same protocol keeps the probe listener (`server.metricsPort`: `/metrics`, `/healthz`,
+  `/readyz`) out of `limits.maxConnections`. Beyond that limit uvicorn answers 503 to every
+  request of the server, so a flood of client connections on the API port would otherwise fail
+  the kubelet's probes too and get the pod restarted or taken out of its Service. The probe
+  listener has a bound of its own (`PROBE_MAX_CONNECTIONS`, beyond it new connections are closed
+  at once), so a flood there (only scrapers, the gateway and the node may reach it) holds a
+  bounded number of sockets and does not use the API port's budget either.
 * `BodyGuardMiddleware`: a declared `Content-Length` above `limits.maxBodyBytes` is a 413 before
   a byte of the body is read; a chunked (or lying) body is counted as it arrives and cut off at
   the limit with the same 413; a body that is not complete within `limits.bodyTimeoutSeconds`
@@ -17,6 +24,7 @@ Three layers, outermost first:
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -29,9 +37,31 @@ from slm_runtime.server.errors import error_response, flavour_of
 
 # -- the connection ---------------------------------------------------------------------------
 
+PROBE_MAX_CONNECTIONS = 64
+"""Open connections the probe listener serves at once. Its clients are few and brief: the
+kubelet's three probes (a fresh connection each), a Prometheus scrape, each gateway replica's
+scraper. A connection beyond it is closed at once, so a flood there holds no more sockets."""
+
+
+@dataclass
+class ProbeListener:
+    """The probe listener's port and the connections open on it (at most `max_connections`).
+
+    uvicorn checks `limits.maxConnections` at each request against *every* connection and
+    running request of the server, whichever socket they came in on; `GuardedH11Protocol` skips
+    that check on this port and adds the connections open here to the API port's allowance, so
+    neither listener's clients use the other's budget.
+    """
+
+    port: int
+    max_connections: int = PROBE_MAX_CONNECTIONS
+    open: set[object] = field(default_factory=set)
+    full_logged: bool = False
+
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head (see the module docstring).
+    """uvicorn's h11 protocol with a deadline for each request head (see the module docstring),
+    and, with a `probe` listener, separate connection bounds for it and for the API port.
 
     The deadline starts when the connection opens and again when a response completes (the
     next request on a keep-alive connection); it is cleared once h11 has a whole request head.
@@ -39,10 +69,41 @@ class GuardedH11Protocol(H11Protocol):
     """
 
     head_timeout: float = 10.0
+    probe: ProbeListener | None = None
+    _on_probe_port: bool = False
+    _limit: int | None = None
+
+    @property  # type: ignore[override]
+    def limit_concurrency(self) -> int | None:
+        """What uvicorn compares the server's connections and running requests with, at each
+        request (beyond it: 503). None (no check) on the probe listener, which bounds itself at
+        accept; elsewhere `maxConnections` plus the probe connections open."""
+        if self._on_probe_port:
+            return None
+        if self._limit is None or self.probe is None:
+            return self._limit
+        return self._limit + len(self.probe.open)
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, value: int | None) -> None:  # uvicorn sets it from its Config
+        self._limit = value
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
         self._head_timer: asyncio.TimerHandle | None = None
+        probe = self.probe
+        if probe is not None and self.server is not None and self.server[1] == probe.port:
+            if len(probe.open) >= probe.max_connections:
+                if not probe.full_logged:  # once per episode: a flood must not flood the log
+                    probe.full_logged = True
+                    self.logger.warning(
+                        "probe listener: %d connections open; closing new ones", len(probe.open)
+                    )
+                transport.close()
+                return
+            probe.full_logged = False
+            self._on_probe_port = True
+            probe.open.add(self)
         self._arm_head_timer()
 
     def _arm_head_timer(self) -> None:
@@ -75,18 +136,26 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._clear_head_timer()
+        if self._on_probe_port and self.probe is not None:
+            self.probe.open.discard(self)
         super().connection_lost(exc)
 
 
-def protocol_class(limits: LimitsSection) -> type[GuardedH11Protocol]:
-    """A protocol class carrying this config's head timeout (uvicorn instantiates it per connection)."""
-    return type("GuardedH11", (GuardedH11Protocol,), {"head_timeout": limits.header_timeout_seconds})
+def protocol_class(limits: LimitsSection, probe_port: int | None = None) -> type[GuardedH11Protocol]:
+    """A protocol class carrying this config's head timeout and, with `probe_port`, the probe
+    listener's own connection bound (uvicorn instantiates the class per connection; the
+    `ProbeListener` is shared by this server's connections only)."""
+    attrs: dict[str, Any] = {"head_timeout": limits.header_timeout_seconds}
+    if probe_port is not None:
+        attrs["probe"] = ProbeListener(probe_port)
+    return type("GuardedH11", (GuardedH11Protocol,), attrs)
 
 
-def uvicorn_options(limits: LimitsSection) -> dict[str, Any]:
-    """The `uvicorn.Config` keyword arguments that bound connections (see the module docstring)."""
+def uvicorn_options(limits: LimitsSection, probe_port: int | None = None) -> dict[str, Any]:
+    """The `uvicorn.Config` keyword arguments that bound connections (see the module docstring);
+    `probe_port` is `server.metricsPort`, exempt from `maxConnections` and bounded on its own."""
     return {
-        "http": protocol_class(limits),
+        "http": protocol_class(limits, probe_port),
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_seconds,
         "h11_max_incomplete_event_size": 16 * 1024,  # request line + headers
