@@ -74,3 +74,41 @@ def test_forgetting_an_object_drops_its_essence_and_progress_only() -> None:
     state.forget("gone")
     assert (len(state.diffbase), len(state.progress)) == (1, 1)
     assert state.diffbase.fetch(body=body("kept")) is not None
+
+
+class StockDiffBase(kopf.DiffBaseStorage):
+    """kopf's own essence (the base class's `build`), to compare with."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+def test_the_essence_is_the_one_kopf_builds_without_copying_status_and_managed_fields() -> None:
+    raw: dict[str, Any] = {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {
+            "name": "m",
+            "namespace": "ns",
+            "uid": "u1",
+            "resourceVersion": "7",
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "labels": {"team": "a"},
+            "annotations": {
+                "note": "kept",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "slm.dev/kopf-managed": "yes",
+                "slm.dev/touch-dummy": "x",
+            },
+        },
+        "spec": {"model": {"name": "tiny"}, "replicas": 2},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    ours = KopfState().diffbase.build(body=kopf.Body(raw))  # type: ignore[arg-type]
+    assert ours == StockDiffBase().build(body=kopf.Body(raw))  # type: ignore[arg-type]
+    assert ours["spec"] == raw["spec"] and "status" not in ours
+    raw["spec"]["replicas"] = 3
+    assert ours["spec"]["replicas"] == 2  # a copy, not a view of the body

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
 
@@ -39,6 +41,19 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         super().__init__()
         self._lock = threading.Lock()
         self._essences: dict[str, kopf.BodyEssence] = {}
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        """kopf's essence, built from the parts it keeps: kopf deep-copies the whole body first
+        (status and managedFields included) for every event of every SLMDeployment, which was a
+        tenth of the operator's CPU in a burst."""
+        if extra_fields:
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=cast(kopf.Body, kept))
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         with self._lock:
