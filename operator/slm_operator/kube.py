@@ -95,6 +95,8 @@ class Kube:
         self._lock = threading.Lock()
         self._kinds: dict[tuple[str, str], tuple[str, bool]] = dict(kinds or {})
         self.requests = RequestCounter()
+        self.watch_connections = 8
+        """Connections the informers' client keeps: one per informer (set before they start)."""
 
     def _new_client(self, connections: int) -> client.ApiClient:
         """A client on the loaded configuration with a pool of `connections` kept connections
@@ -107,7 +109,7 @@ class Kube:
         """The informers' own client: their long watches never take the reconciles' connections."""
         with self._lock:
             if self._watch_client is None:
-                self._watch_client = self._new_client(8)
+                self._watch_client = self._new_client(self.watch_connections)
             if not getattr(self._watch_client, "_slm_counted", False):
                 self.requests.wrap(self._watch_client)
             return self._watch_client

@@ -5,7 +5,6 @@ call when nothing differs (a standby's makes none at all)."""
 from __future__ import annotations
 
 import copy
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -285,13 +284,13 @@ def test_a_deleted_child_is_noticed_and_restored_without_listing() -> None:
     service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
     cluster.owner = bodies[0]
     cluster.delete(service)
-    from slm_operator.reconcile.handlers import on_child_event
+    from slm_operator.reconcile.children import child_event
 
     class Memo:
         def __init__(self, ctx: OperatorContext) -> None:
             self.ctx = ctx
 
-    on_child_event(type="DELETED", body=service, memo=Memo(ctx))
+    child_event(ctx, "DELETED", service)
     assert "Service" in cluster.kinds()
     assert "list" not in cluster.calls and cluster.calls.count("apply") == 1
 
@@ -380,13 +379,13 @@ def test_a_status_update_by_another_controller_is_not_drift() -> None:
     deployment = copy.deepcopy(next(o for o in cluster.objects.values() if o["kind"] == "Deployment"))
     deployment["metadata"]["resourceVersion"] = "9999"
     deployment["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}
-    from slm_operator.reconcile.handlers import on_child_event
+    from slm_operator.reconcile.children import child_event
 
     class Memo:
         def __init__(self, ctx: OperatorContext) -> None:
             self.ctx = ctx
 
-    on_child_event(type="MODIFIED", body=deployment, memo=Memo(ctx))
+    child_event(ctx, "MODIFIED", deployment)
     assert ctx.metrics.reconciles.labels(trigger="drift")._value.get() == 0
 
 
@@ -426,7 +425,7 @@ def test_a_terminating_namespace_is_not_fought() -> None:
         run_reconcile(ctx, plain(body), "drift")
     assert ctx.namespace_terminating("ns") and not ctx.namespace_terminating("other")
     # the namespace's deletion removes a child: nothing is read, applied or reported
-    from slm_operator.reconcile.handlers import on_child_event
+    from slm_operator.reconcile.children import child_event
 
     class Memo:
         def __init__(self, ctx: OperatorContext) -> None:
@@ -443,25 +442,13 @@ def test_a_terminating_namespace_is_not_fought() -> None:
             "ownerReferences": [{"uid": UID, "controller": True}],
         },
     }
-    on_child_event(type="DELETED", body=service, memo=Memo(ctx))
+    child_event(ctx, "DELETED", service)
     assert resync_once(ctx, {}, set(), full=True) == 0
     assert cluster.calls == [] and cluster.events == []
     # the same name again, accepting writes: one successful apply ends the pause
     cluster.terminating = False
     run_reconcile(ctx, plain(body), "change")
     assert not ctx.namespace_terminating("ns") and "Service" in cluster.kinds()
-
-
-def test_kopf_success_lines_of_child_events_are_dropped_and_nothing_else() -> None:
-    from slm_operator.reconcile.handlers import CHILD_HANDLER, QuietChildEvents
-
-    def record(level: int, msg: str) -> logging.LogRecord:
-        return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
-
-    quiet = QuietChildEvents()
-    assert not quiet.filter(record(logging.INFO, f"Handler {CHILD_HANDLER!r} succeeded."))
-    assert quiet.filter(record(logging.INFO, "Handler 'on_change' succeeded."))
-    assert quiet.filter(record(logging.ERROR, f"Handler {CHILD_HANDLER!r} failed with an exception."))
 
 
 def test_the_heap_controls_work_on_this_libc() -> None:

@@ -19,6 +19,7 @@ from slm_operator.errors import NamespaceTerminatingError
 from slm_operator.kube import Informer, Kube, WatchTarget, collection_path
 from slm_operator.reconcile.cache import Store, slim_pod
 from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.plan import CHILDREN
 from slm_operator.reconcile.runner import informers
 from slm_operator.settings import Settings
 
@@ -125,13 +126,17 @@ def test_list_watch_gone_relist(fake_api: tuple[FakeApi, str]) -> None:
     assert kube.requests.writes() == 0
 
 
+def _paths(ctx: OperatorContext) -> list[str]:
+    return sorted(i._target.path for i in informers(Kube(), ctx) if isinstance(i, Informer))
+
+
 def test_namespaced_mode_lists_nothing_cluster_wide_but_nodes() -> None:
     class NoCluster:
         pass
 
     ctx = OperatorContext(settings=Settings(namespaces=("a", "b"), peering="slm"), cluster=NoCluster())  # type: ignore[arg-type]
-    paths = sorted(i._target.path for i in informers(Kube(), ctx))  # type: ignore[attr-defined]
-    assert paths == sorted(
+    children = [c for c in CHILDREN if not c.optional]
+    assert _paths(ctx) == sorted(
         [
             "/api/v1/nodes",
             collection_path("v1", "pods", "a"),
@@ -140,14 +145,29 @@ def test_namespaced_mode_lists_nothing_cluster_wide_but_nodes() -> None:
             "/apis/slm.dev/v1alpha1/namespaces/b/slmdeployments",
             "/apis/kopf.dev/v1/namespaces/a/kopfpeerings",
             "/apis/kopf.dev/v1/namespaces/b/kopfpeerings",
+            *(collection_path(c.api_version, c.plural, ns) for c in children for ns in ("a", "b")),
         ]
     )
     wide = OperatorContext(settings=Settings(all_namespaces=True), cluster=NoCluster())  # type: ignore[arg-type]
-    assert sorted(i._target.path for i in informers(Kube(), wide)) == [  # type: ignore[attr-defined]
-        "/api/v1/nodes",
-        "/api/v1/pods",
-        "/apis/slm.dev/v1alpha1/slmdeployments",
-    ]
+    assert _paths(wide) == sorted(
+        [
+            "/api/v1/nodes",
+            "/api/v1/pods",
+            "/apis/slm.dev/v1alpha1/slmdeployments",
+            *(collection_path(c.api_version, c.plural) for c in children),
+        ]
+    )
+
+
+def test_child_informers_watch_only_the_operators_children_and_no_optional_kind() -> None:
+    class NoCluster:
+        pass
+
+    ctx = OperatorContext(settings=Settings(all_namespaces=True), cluster=NoCluster())  # type: ignore[arg-type]
+    children = [i for i in informers(Kube(), ctx) if isinstance(i, Informer) and i._target.label_selector]
+    assert {i._target.label_selector for i in children} == {"app.kubernetes.io/managed-by=slm-operator"}
+    assert not any("inferencepools" in i._target.path for i in children)
+    assert len(children) == len([c for c in CHILDREN if not c.optional])
 
 
 # --- the raw requests of a reconcile -----------------------------------------------------------

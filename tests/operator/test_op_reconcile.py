@@ -14,8 +14,9 @@ from op_support import bed_nodes, gguf, pod_on
 
 from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SpecError
 from slm_operator.metrics import Metrics
+from slm_operator.reconcile.children import child_event
 from slm_operator.reconcile.context import OperatorContext
-from slm_operator.reconcile.handlers import build_registry, kopf_error, on_child_event, plain, run_reconcile
+from slm_operator.reconcile.handlers import build_registry, kopf_error, plain, run_reconcile
 from slm_operator.reconcile.plan import (
     Observed,
     Owner,
@@ -419,7 +420,7 @@ def test_deleted_child_is_restored() -> None:
     service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
     cluster.delete(service)
     assert "Service" not in cluster.kinds()
-    on_child_event(type="DELETED", body=service, memo=_Memo(ctx))
+    child_event(ctx, "DELETED", service)
     assert "Service" in cluster.kinds()
     assert cluster.applies[-1]["metadata"]["ownerReferences"][0]["uid"] == UID
     assert ctx.applied.is_own_write(next(o for o in cluster.objects.values() if o["kind"] == "Service"))
@@ -432,13 +433,13 @@ def test_edited_child_is_reverted_and_unchanged_is_left_alone() -> None:
     run_reconcile(ctx, plain(cluster.owner), "change")
     applies = len(cluster.applies)
     service = next(o for o in cluster.objects.values() if o["kind"] == "Service")
-    on_child_event(type="MODIFIED", body=service, memo=_Memo(ctx))
+    child_event(ctx, "MODIFIED", service)
     assert len(cluster.applies) == applies
     edited = copy.deepcopy(service)
     edited["spec"]["ports"][0]["port"] = 9999
     edited["metadata"]["resourceVersion"] = "999"
     cluster.objects[key_of(edited)] = copy.deepcopy(edited)
-    on_child_event(type="MODIFIED", body=edited, memo=_Memo(ctx))
+    child_event(ctx, "MODIFIED", edited)
     assert len(cluster.applies) > applies
     restored = cluster.objects[key_of(edited)]
     assert restored["spec"]["ports"][0]["port"] == 8080 and ctx.applied.is_own_write(restored)
@@ -457,7 +458,7 @@ def test_deployment_event_updates_ready() -> None:
         "readyReplicas": 1,
         "availableReplicas": 1,
     }
-    on_child_event(type="MODIFIED", body=deployment, memo=_Memo(ctx))
+    child_event(ctx, "MODIFIED", deployment)
     status = cluster.owner["status"]
     assert status["readyReplicas"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
@@ -521,12 +522,12 @@ def test_every_correction_is_reported_once() -> None:
     cluster.owner = _body()
     run_reconcile(ctx, plain(cluster.owner), "change")
     first = _edit_service(cluster, 9999)
-    on_child_event(type="MODIFIED", body=first, memo=_Memo(ctx))
+    child_event(ctx, "MODIFIED", first)
     second = _edit_service(cluster, 7777)
-    on_child_event(type="MODIFIED", body=second, memo=_Memo(ctx))
+    child_event(ctx, "MODIFIED", second)
     assert _drift_events(cluster) == 2
     applies = len(cluster.applies)
-    on_child_event(type="MODIFIED", body=first, memo=_Memo(ctx))  # stale: already corrected
+    child_event(ctx, "MODIFIED", first)  # stale: already corrected
     assert len(cluster.applies) == applies
     assert _drift_events(cluster) == 2
 
@@ -548,9 +549,7 @@ def test_own_write_seen_before_it_is_remembered_is_not_drift() -> None:
         result = original(obj)
         if obj["kind"] == "ConfigMap":
             event = copy.deepcopy(result)
-            worker = threading.Thread(
-                target=on_child_event, kwargs={"type": "MODIFIED", "body": event, "memo": _Memo(ctx)}
-            )
+            worker = threading.Thread(target=child_event, args=(ctx, "MODIFIED", event))
             worker.start()
             workers.append(worker)
             time.sleep(0.1)  # let the event handler get going while this reconcile is in flight

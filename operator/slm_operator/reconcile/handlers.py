@@ -2,10 +2,10 @@
 function of the reconcile machinery (`runs`, `drift`, `refresh`, `resync`).
 
 Triggers, all running the same level-based plan:
-- create/update/resume of an SLMDeployment;
+- create/update/resume of an SLMDeployment (the only kind kopf watches);
 - events of owned children (label `app.kubernetes.io/managed-by=slm-operator`, the kinds of
-  `plan.CHILDREN`): a deleted or edited child is re-applied (`drift`), Deployment events refresh
-  the status (`refresh`);
+  `plan.CHILDREN`), from the operator's own informers (`children`, started here): a deleted or
+  edited child is re-applied (`drift`), Deployment events refresh the status (`refresh`);
 - events of the CRDs of optional child kinds (InferencePool): what the API server serves changed,
   so every SLMDeployment is re-planned once (`discovery`);
 - the informers' stores (nodes, pods, SLMDeployments, the peering object), started here at startup:
@@ -29,12 +29,11 @@ from slm_operator.api import GROUP, PLURAL, VERSION
 from slm_operator.errors import KubeError
 from slm_operator.reconcile.context import OperatorContext
 from slm_operator.reconcile.discovery import OPTIONAL_CHILDREN, crd_name, discover
-from slm_operator.reconcile.drift import child_changed, correct_drift
-from slm_operator.reconcile.plan import CHILDREN, PLURALS
+from slm_operator.reconcile.drift import correct_drift
+from slm_operator.reconcile.plan import PLURALS
 from slm_operator.reconcile.refresh import pod_changed, refresh_status
 from slm_operator.reconcile.resync import resync_forever, resync_once
 from slm_operator.reconcile.runs import kopf_error, post, run_reconcile
-from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger("slm_operator")
 
@@ -44,7 +43,6 @@ __all__ = [
     "correct_drift",
     "kopf_error",
     "on_change",
-    "on_child_event",
     "plain",
     "post",
     "refresh_status",
@@ -77,16 +75,6 @@ def on_change(body: Any, memo: Any, retry: int = 0, reason: str = "", **_: Any) 
     run_reconcile(context_of(memo), body, "change", retry, created=created)
 
 
-def on_child_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
-    """A managed child changed or vanished; in a namespace being deleted, nothing is restored
-    (the API would refuse every re-create, after two reads each)."""
-    ctx = context_of(memo)
-    namespace = str((body.get("metadata") or {}).get("namespace") or "")
-    if ctx.namespace_terminating(namespace):
-        return
-    child_changed(ctx, type, plain(body))
-
-
 def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None:
     """The SLMDeployment store lost an object: forget what was remembered about its children."""
     if kind == "DELETED":
@@ -96,18 +84,6 @@ def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None
         ctx.kopf_state.forget(str(meta.get("uid") or ""))
         ctx.render.forget(namespace, name)
         ctx.record_children((namespace, name), {})
-
-
-class QuietChildEvents(logging.Filter):
-    """Drops kopf's "Handler 'on_child_event' succeeded." lines: one per watch event of every
-    child (about ten per SLMDeployment created), which in a burst cost more CPU than the drift
-    checks they report on. Failures, and every line about the SLMDeployments, still show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.INFO or record.getMessage() != f"Handler {CHILD_HANDLER!r} succeeded."
-
-
-CHILD_HANDLER = "on_child_event"
 
 
 def on_crd_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
@@ -129,9 +105,6 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     settings.persistence.progress_storage = ctx.kopf_state.progress
     settings.persistence.diffbase_storage = ctx.kopf_state.diffbase
     settings.posting.level = logging.WARNING
-    kopf_objects = logging.getLogger("kopf.objects")
-    if not any(isinstance(f, QuietChildEvents) for f in kopf_objects.filters):
-        kopf_objects.addFilter(QuietChildEvents())
     settings.execution.max_workers = ctx.settings.workers
     settings.peering.lifetime = ctx.settings.peering_lifetime
     try:
@@ -171,18 +144,6 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(on_login)
     for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
         cause(GROUP, VERSION, PLURAL, registry=registry)(on_change)
-    # No kopf watch on an optional kind: when its CRD is deleted, kopf's watch of it can get a 404
-    # before kopf notices the CRD is gone, and that error ends the whole operator (seen in CI).
-    # Such children (InferencePools) are re-applied by their owner's reconciles, not on drift.
-    for child in (c for c in CHILDREN if not c.optional):
-        kopf.on.event(
-            child.group,
-            child.version,
-            child.plural,
-            id=CHILD_HANDLER,
-            labels={MANAGED_BY_LABEL: MANAGED_BY},
-            registry=registry,
-        )(on_child_event)
     for child in OPTIONAL_CHILDREN:
         kopf.on.event(
             "apiextensions.k8s.io",

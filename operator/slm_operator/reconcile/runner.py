@@ -1,9 +1,10 @@
 """`slm-operator run`: wire the context, the informers and the registry, then hand control to kopf.
 
 Informers (one list + watch each, see `slm_operator.kube.Informer`): nodes (cluster-wide); pods
-that still hold resources (not Succeeded/Failed) and SLMDeployments, per watched namespace or
-cluster-wide; with `--peering`, the kopf peering object. A namespaced install therefore needs
-Roles for pods and SLMDeployments in its namespaces, plus read access to nodes.
+that still hold resources (not Succeeded/Failed), SLMDeployments and each kind of child the
+operator manages (label managed-by, events handed to `reconcile.children`), per watched namespace
+or cluster-wide; with `--peering`, the kopf peering object. A namespaced install therefore needs
+Roles for pods, SLMDeployments and the child kinds in its namespaces, plus read access to nodes.
 
 High availability: run several replicas with `--peering NAME` (kopf peering, needs kopf's
 KopfPeering/ClusterKopfPeering CRDs); the highest-priority replica handles events, the others stand
@@ -25,27 +26,44 @@ from prometheus_client import Counter
 from slm_operator.api import API_VERSION, PLURAL
 from slm_operator.kube import Informer, Kube, WatchTarget, collection_path, load_config
 from slm_operator.reconcile import heap
+from slm_operator.reconcile.children import ChildEvents, child_event
 from slm_operator.reconcile.context import Background, Leadership, OperatorContext
 from slm_operator.reconcile.handlers import build_registry
+from slm_operator.reconcile.plan import CHILDREN
+from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
 from slm_operator.settings import Settings
 
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+CHILD_WORKERS = 4
+"""Threads acting on child events (drift corrections, status refreshes), one object at a time each."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas (`reconcile.heap`): fewer arenas, less memory stranded after a burst."""
 PEERING_API = "kopf.dev/v1"
 
 
 def informers(kube: Kube, ctx: OperatorContext) -> list[Background]:
-    """One informer per resource and scope, feeding `ctx.cache`."""
+    """One informer per resource and scope, feeding `ctx.cache` (and, for the children, the
+    workers of `ChildEvents`, started with the informers)."""
     settings, cache = ctx.settings, ctx.cache
     scopes: list[str | None] = list(settings.namespaces) or [None]
     found: list[Background] = [Informer(kube, WatchTarget(collection_path("v1", "nodes")), cache.nodes)]
+    events = ChildEvents(lambda kind, obj: child_event(ctx, kind, obj), workers=CHILD_WORKERS)
+    managed = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
     for namespace in scopes:
         pods = WatchTarget(
             collection_path("v1", "pods", namespace), field_selector=ACTIVE_PODS, namespace=namespace
         )
         owners = WatchTarget(collection_path(API_VERSION, PLURAL, namespace), namespace=namespace)
         found += [Informer(kube, pods, cache.pods), Informer(kube, owners, cache.owners)]
+        # No watch of an optional kind: its CRD may go away (InferencePools are re-applied by
+        # their owners' reconciles, not on drift).
+        for child in (c for c in CHILDREN if not c.optional):
+            target = WatchTarget(
+                collection_path(child.api_version, child.plural, namespace),
+                label_selector=managed,
+                namespace=namespace,
+            )
+            found.append(Informer(kube, target, events.sink(child.api_version, child.kind)))
         if settings.peering:
             plural = "kopfpeerings" if namespace else "clusterkopfpeerings"
             peering = WatchTarget(
@@ -54,7 +72,8 @@ def informers(kube: Kube, ctx: OperatorContext) -> list[Background]:
                 namespace=namespace,
             )
             found.append(Informer(kube, peering, cache.peering))
-    return found
+    kube.watch_connections = max(kube.watch_connections, len(found))
+    return [*found, events]
 
 
 def autoscalers(kube: Kube, ctx: OperatorContext) -> list[Background]:
