@@ -93,6 +93,9 @@ class Kube:
         self._connections = connections
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
+        self._discovery_lock = threading.RLock()
+        """One discovery at a time: the DynamicClient's cache is not thread-safe (two threads
+        refreshing it at once raised KeyError 'resources' in the e2e suite)."""
         self._kinds: dict[tuple[str, str], tuple[str, bool]] = dict(kinds or {})
         self.requests = RequestCounter()
         self.watch_connections = 8
@@ -131,7 +134,8 @@ class Kube:
             return self._dynamic
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self._client().resources.get(api_version=api_version, kind=kind)
+        with self._discovery_lock:
+            return self._client().resources.get(api_version=api_version, kind=kind)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with _mapped(what):
@@ -142,9 +146,12 @@ class Kube:
         discovery once per kind, not per request."""
         found = self._kinds.get((api_version, kind))
         if found is None:
-            resource = self._call(f"discover {kind}", lambda: self._resource(api_version, kind))
-            found = (str(resource.name), bool(resource.namespaced))
-            self._kinds[(api_version, kind)] = found
+            with self._discovery_lock:
+                found = self._kinds.get((api_version, kind))
+                if found is None:
+                    resource = self._call(f"discover {kind}", lambda: self._resource(api_version, kind))
+                    found = (str(resource.name), bool(resource.namespaced))
+                    self._kinds[(api_version, kind)] = found
         plural, namespaced = found
         path = collection_path(api_version, plural, namespace if namespaced else None)
         return f"{path}/{name}" if name else path

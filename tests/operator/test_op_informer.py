@@ -309,3 +309,40 @@ def test_stop_ends_a_quiet_watch_at_once(fake_api: tuple[FakeApi, str]) -> None:
         server_waits.set()
         server.shutdown()
         server.server_close()
+
+
+def test_kinds_are_discovered_once_even_when_many_threads_ask_at_once() -> None:
+    """The DynamicClient's discovery cache is not thread-safe: parallel name checks of a new kind
+    (InferencePool, once its CRD appears) raised KeyError 'resources' in the e2e suite."""
+
+    class Discovery:
+        """The DynamicClient's `resources`: records calls and whether two ran at once."""
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            self.inside = self.overlaps = 0
+            self.lock = threading.Lock()
+
+        def get(self, *, api_version: str, kind: str) -> Any:
+            with self.lock:
+                self.inside += 1
+                self.overlaps += self.inside > 1
+                self.calls.append(kind)
+            time.sleep(0.05)
+            with self.lock:
+                self.inside -= 1
+            return type("Resource", (), {"name": "inferencepools", "namespaced": True})()
+
+    class Dynamic:
+        resources = Discovery()
+
+    kube = Kube(api_client=client.ApiClient(client.Configuration(host="http://127.0.0.1:9")))
+    kube._client = Dynamic  # type: ignore[assignment, method-assign]
+    args = ("inference.networking.k8s.io/v1", "InferencePool", "ns", "p")
+    threads = [threading.Thread(target=kube._path, args=args) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert Dynamic.resources.calls == ["InferencePool"] and Dynamic.resources.overlaps == 0
+    assert kube._path(*args) == "/apis/inference.networking.k8s.io/v1/namespaces/ns/inferencepools/p"
