@@ -46,7 +46,7 @@ Key = tuple[str, str, str, str]
 
 @dataclass(frozen=True)
 class ChildKind:
-    """One kind of child object: what RBAC grants, what the handlers watch, what may be pruned."""
+    """One kind of child object: what RBAC grants, what the informers watch, what may be pruned."""
 
     api_version: str
     kind: str
@@ -75,9 +75,9 @@ CHILDREN: tuple[ChildKind, ...] = (
     ChildKind(INFERENCE_POOL_API_VERSION, INFERENCE_POOL_KIND, INFERENCE_POOL_PLURAL, optional=True),
 )
 """The one table of child kinds: every kind the renderer may produce (and the operator may
-prune), in apply order. RBAC (`slm_operator.rbac`), the watch handlers and the tests read it.
-An `optional` kind is used only while discovery says the API server serves it
-(`reconcile.discovery`); RBAC grants it and kopf watches it (from when its CRD appears) anyway."""
+prune), in apply order. RBAC (`slm_operator.rbac`), the child informers (`reconcile.runner`) and
+the tests read it. An `optional` kind is used only while discovery says the API server serves it
+(`reconcile.discovery`); RBAC grants it anyway, and no informer watches it (its CRD may go away)."""
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = tuple((c.api_version, c.kind) for c in CHILDREN)
 """(apiVersion, kind) of `CHILDREN`."""
