@@ -12,14 +12,16 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ANY_MODEL = "*"
 
@@ -122,39 +124,56 @@ class KeyRing:
         return found
 
 
-class KeyFile:
-    """A keys file re-read when it changes (mtime, size or inode: Secret volumes swap a symlink)."""
+class ReloadingFile(Generic[T]):
+    """A file parsed again when it changes (mtime, size or inode: Secret volumes swap a symlink).
 
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
-        self._stamp: tuple[int, int, int] | None = None
-        self._ring = KeyRing()
-        if self.path is not None:
-            self._ring = KeyRing.parse(self.path.read_text(encoding="utf-8"))
-            self._stamp = self._stat()
-            log.info("API keys loaded: %d key(s)", len(self._ring.keys))
+    A change that does not parse (or a file that became unreadable) keeps the last good value
+    and says so; `describe` names a value in the log lines (never the secret itself)."""
+
+    def __init__(
+        self, path: Path, parse: Callable[[str], T], what: str, describe: Callable[[T], str]
+    ) -> None:
+        self.path, self._parse, self._what, self._describe = path, parse, what, describe
+        self._stamp = self._stat()
+        self._value = parse(path.read_text(encoding="utf-8"))
+        log.info("%s loaded: %s", what, describe(self._value))
 
     def _stat(self) -> tuple[int, int, int] | None:
-        assert self.path is not None
         try:
             st = os.stat(self.path)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def current(self) -> KeyRing:
-        """The keys now; a file that became invalid keeps the last good keys (and says so)."""
-        if self.path is None:
-            return self._ring
+    def current(self) -> T:
         stamp = self._stat()
         if stamp is not None and stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._ring = KeyRing.parse(self.path.read_text(encoding="utf-8"))
-                log.info("API keys reloaded: %d key(s)", len(self._ring.keys))
+                value = self._parse(self.path.read_text(encoding="utf-8"))
             except (OSError, AccessError) as exc:
-                log.error("keeping the previous API keys: %s", exc)
-        return self._ring
+                log.error("keeping the previous %s: %s", self._what, exc)
+            else:
+                if value != self._value:
+                    log.info("%s reloaded: %s", self._what, self._describe(value))
+                self._value = value
+        return self._value
+
+
+class KeyFile:
+    """The API keys file, re-read when it changes; no file configured: no keys (access open)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self._file = (
+            ReloadingFile(self.path, KeyRing.parse, "API keys", lambda ring: f"{len(ring.keys)} key(s)")
+            if self.path is not None
+            else None
+        )
+
+    def current(self) -> KeyRing:
+        """The keys now; a file that became invalid keeps the last good keys (and says so)."""
+        return KeyRing() if self._file is None else self._file.current()
 
 
 def presented_key(headers: Mapping[str, str]) -> bytes | None:

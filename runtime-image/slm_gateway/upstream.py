@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
-from slm_gateway.access import AccessError
+from slm_gateway.access import AccessError, ReloadingFile
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +46,12 @@ class UpstreamKey:
 
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
-        self._stamp: tuple[int, int, int] | None = None
-        self._key: str | None = None
-        if self.path is not None:
-            self._stamp = self._stat()
-            self._key = parse_key(self.path.read_text(encoding="utf-8"), str(self.path))
-            log.info("upstream key loaded: %s", upstream_key_id(self._key))
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._file = (
+            ReloadingFile(self.path, lambda text: parse_key(text, str(path)), "upstream key", upstream_key_id)
+            if self.path is not None
+            else None
+        )
 
     def current(self) -> str | None:
         """The key now; a file that became unreadable or empty keeps the last good key (and says so)."""
-        if self.path is None:
-            return self._key
-        stamp = self._stat()
-        if stamp is not None and stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                key = parse_key(self.path.read_text(encoding="utf-8"), str(self.path))
-            except (OSError, AccessError) as exc:
-                log.error("keeping the previous upstream key: %s", exc)
-            else:
-                if key != self._key:
-                    log.info("upstream key reloaded: %s", upstream_key_id(key))
-                self._key = key
-        return self._key
+        return None if self._file is None else self._file.current()
