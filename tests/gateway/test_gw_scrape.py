@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from readiness import wait_ready
 from slm_gateway.config import DeploymentConfig
 from slm_gateway.fleet import Fleet
 from slm_gateway.picking import AffinityTable
@@ -51,16 +51,7 @@ def split_runtime(tiny_gguf: Path) -> Iterator[tuple[str, int]]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{api_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        raise RuntimeError("runtime did not become ready")
+    wait_ready(url, timeout=60)
     yield url, metrics_port
     server.should_exit = True
     thread.join(timeout=15)

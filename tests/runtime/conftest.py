@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
+from readiness import wait_ready
 from slm_runtime.cli import build_engine
 from slm_runtime.cli import main as cli_main
 from slm_runtime.config import RuntimeConfig
@@ -86,16 +86,7 @@ def _serve(settings: RuntimeConfig) -> Iterator[RunningServer]:
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        raise RuntimeError("server did not become ready")
+    wait_ready(url, timeout=30)
     yield RunningServer(url, app.state.service)
     server.should_exit = True
     thread.join(timeout=15)

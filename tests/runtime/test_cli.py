@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from readiness import wait_ready
 from slm_runtime.cli import EXIT_USAGE, detect_format
 from slm_runtime.cli import main as cli_main
 
@@ -65,16 +66,7 @@ def test_serve_drains_on_sigterm(models: dict[str, Path], tmp_path: Path) -> Non
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        wait_ready(url, process=proc, describe=lambda: _output(proc))
         body = {"model": MODEL, "prompt": "go", "options": {"num_predict": 1500}}
         with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as r:
             lines = r.iter_lines()
@@ -114,3 +106,8 @@ def test_serve_exits_when_the_model_cannot_load(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 5, result.stderr
     assert "failed to load" in result.stderr
+
+
+def _output(proc: subprocess.Popen[bytes]) -> str:
+    """What an exited server printed (read only once it has exited: a read would wait for EOF)."""
+    return proc.stdout.read().decode(errors="replace") if proc.stdout and proc.poll() is not None else ""

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from readiness import wait_ready
 from slm_runtime.config import RuntimeConfig, ServerSection
 
 from .conftest import MODEL, ServerFactory, free_port
@@ -39,16 +39,7 @@ def runtime(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     api, metrics = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{metrics_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        wait_ready(api, process=proc, describe=lambda: _output(proc))
         yield api, metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -112,3 +103,8 @@ def test_metrics_port_must_differ_from_the_api_port() -> None:
         ServerSection.model_validate({"port": 8080, "metricsPort": 8080})
     config = RuntimeConfig.model_validate({"server": {"metricsPort": 9090}})
     assert "metricsPort: 9090" in config.to_yaml()
+
+
+def _output(proc: subprocess.Popen[bytes]) -> str:
+    """What an exited server printed (read only once it has exited: a read would wait for EOF)."""
+    return proc.stdout.read().decode(errors="replace") if proc.stdout and proc.poll() is not None else ""

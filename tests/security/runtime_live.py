@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+import readiness
 from slm_runtime.cli import main as cli_main
 
 MODEL = "tiny"
@@ -76,18 +76,12 @@ def start_runtime(
     live = LiveRuntime(f"http://127.0.0.1:{port}", port, process, log_path)
     if not wait_ready:
         return live
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"runtime exited with {process.returncode}:\n{live.log()}")
-        try:
-            if httpx.get(f"{live.url}/readyz", timeout=1).status_code == 200:
-                return live
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    live.stop()
-    raise RuntimeError(f"runtime did not become ready:\n{live.log()}")
+    try:
+        readiness.wait_ready(live.url, process=process, describe=live.log)
+    except RuntimeError:
+        live.stop()
+        raise
+    return live
 
 
 @pytest.fixture(scope="session")
