@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,26 @@ def test_cancelled_request_in_a_batch_aborts_without_stopping_the_others(models:
         await engine.start()
         doomed = GenerationRequest("hi", SamplingParams(max_tokens=200, temperature=0))
         events = []
+        # The decode thread does not wait for the consumer: on a busy machine it could finish all
+        # 200 tokens before the consumer's cancel (seen in CI: finish "length"). Hold it after
+        # the doomed request's second token until the cancel is in, so the test sees the abort.
+        channel = engine._channel
+
+        def gated(request: GenerationRequest) -> Any:
+            queue, deliver, emit = channel(request)
+            if request is not doomed:
+                return queue, deliver, emit
+            sent = [0]
+
+            def emit_then_hold(event: Any) -> None:
+                emit(event)
+                sent[0] += 1
+                if sent[0] == 2:
+                    assert doomed.cancelled.wait(30), "the consumer never cancelled"
+
+            return queue, deliver, emit_then_hold
+
+        engine._channel = gated  # type: ignore[method-assign]
 
         async def consume() -> None:
             async for event in engine.generate(doomed):
