@@ -78,7 +78,7 @@ def start_runtime(
         return live
     try:
         readiness.wait_ready(live.url, process=process, describe=live.log)
-    except RuntimeError:
+    except BaseException:  # never leave a server behind, whatever stopped the wait
         live.stop()
         raise
     return live
