@@ -19,8 +19,14 @@ For each N (default 500, then 1,000, each in a fresh namespace, the previous one
 
 Last line: `converge_s_500=… rss_mb_1000=… idle_cpu_pct=… idle_writes_per_min=…`.
 
+`--direct` measures the floor under that: no operator runs; right after each create, the creating
+thread runs the operator's reconcile core (`reconciler.reconcile`: the name-check GETs, the applies,
+the status patch, then the Events) with the operator's own client. What is left is the control
+plane's cost of the requests themselves; the last line is `direct_converge_s_500=…`.
+
     nice .venv/bin/python benchmarks/operator_scale.py [--counts 500,1000] [--ready 50]
                                                        [--idle-seconds 60] [--resync-seconds 15]
+                                                       [--direct]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import copy
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,17 +44,20 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes import config as kube_config
 
-from slm_operator.kube import raw_get
+from slm_operator.kube import Informer, Kube, WatchTarget, collection_path, raw_get
+from slm_operator.reconcile.plan import Observed
+from slm_operator.reconcile.reconciler import reconcile
+from slm_operator.reconcile.status import now_rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("SLM_CLUSTER_DIR") or ROOT / ".local-cluster")
@@ -186,6 +196,16 @@ def operator(
         out.close()
 
 
+@contextlib.contextmanager
+def no_operator() -> Iterator[Operator]:
+    """`--direct`: this process does the operator's work; one running besides would do it twice."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((CLUSTER_DIR / "operator.pid").read_text().strip())
+        if _alive(pid):
+            raise SystemExit(f"--direct: an operator is running (pid {pid}); stop it first (make down)")
+    yield Operator(os.getpid(), None)
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (0 when it is gone)."""
     try:
@@ -209,6 +229,9 @@ def cpu_by_component(op: Operator) -> dict[str, float]:
     of cost that does not depend on how loaded the machine is (wall-clock times do)."""
     used = {name: process_cpu_seconds(pid) for name, pid in control_plane_pids().items()}
     used["operator"] = op.cpu_seconds()
+    if op.pid != os.getpid():  # --direct: the operator's work is done in this process
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used["benchmark"] = usage.ru_utime + usage.ru_stime
     return used
 
 
@@ -246,6 +269,24 @@ def writes(counts: dict[tuple[str, str], float]) -> float:
     return sum(v for (verb, _), v in counts.items() if verb in WRITES)
 
 
+class Direct:
+    """`--direct`: the operator's reconcile core (`reconciler.reconcile`: name-check GETs, applies,
+    status patch) and its Events, called right after each create by the creating thread, with the
+    operator's own client; no operator process, no kopf, no informers, no status refresh.
+
+    What the control plane needs for these requests alone, on the same machine: a floor that no
+    change of the operator's event plumbing can go below."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.kube = Kube(api, connections=32)
+        self.nodes = self.kube.list_nodes()
+
+    def reconcile(self, body: dict[str, Any]) -> None:
+        outcome = reconcile(body, self.kube, Observed(nodes=self.nodes), check_secrets=False)
+        for kind, reason, message in outcome.events:
+            self.kube.post_event(body, kind, reason, message, now_rfc3339())
+
+
 # --- one burst -------------------------------------------------------------------------------------
 
 
@@ -272,46 +313,41 @@ class Timeline:
             which.setdefault(name, time.monotonic() - self.start)
 
 
-def _watch(
-    stop: threading.Event, list_fn: Callable[..., Any], on: Callable[[dict[str, Any]], None], **kw: Any
-) -> None:
-    """List once, then watch from the list's resourceVersion (re-listing only after a 410 or an
-    error): a re-list every few seconds would load the API server this benchmark measures."""
-    version: str | None = None
-    while not stop.is_set():
-        try:
-            if version is None:
-                listed = list_fn(_preload_content=False, **kw)
-                page = json.loads(listed.data)
-                for item in page.get("items") or ():
-                    on(item)
-                version = str((page.get("metadata") or {}).get("resourceVersion") or "")
-            w = watch.Watch()
-            try:
-                for event in w.stream(list_fn, resource_version=version, timeout_seconds=5, **kw):
-                    if event["type"] == "ERROR":
-                        version = None
-                        break
-                    obj = event["raw_object"]
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if event["type"] != "DELETED":
-                        on(obj)
-                    if stop.is_set():
-                        break
-            finally:
-                w.stop()
-        except Exception as err:
-            log(f"watch: {err}")
-            version = None
-            time.sleep(0.5)
+class _Marks:
+    """An informer's sink that hands each listed or watched object to `on` (deletions ignored)."""
+
+    def __init__(self, on: Callable[[dict[str, Any]], None]) -> None:
+        self._on = on
+
+    def replace(self, objects: list[dict[str, Any]], namespace: str | None = None) -> None:
+        for obj in objects:
+            self._on(obj)
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        self._on(dict(obj))
+
+    def remove(self, obj: Mapping[str, Any]) -> None:
+        pass
 
 
-def burst(api: client.ApiClient, namespace: str, n: int, ready: int, timeout: float) -> Timeline:
-    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+def _watch(kube: Kube, path: str, on: Callable[[dict[str, Any]], None]) -> Informer:
+    """The operator's own informer (list once, then watch; raw JSON): the kubernetes client's typed
+    watch turned every Deployment event into model objects, seconds of this process's CPU in a
+    burst, taken from the 2 cores the operator and the control plane share."""
+    informer = Informer(kube, WatchTarget(path), _Marks(on))
+    informer.start()
+    return informer
+
+
+def burst(
+    api: client.ApiClient, namespace: str, n: int, ready: int, timeout: float, *, direct: Direct | None = None
+) -> Timeline:
+    """Create `n` SLMDeployments at once and time them (`direct`: each create is followed, in the
+    creating thread, by the operator's reconcile core, no operator process running)."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     wanted_ready = {f"m{i:04d}" for i in range(min(ready, n))}
     timeline = Timeline(start=time.monotonic())
-    stop = threading.Event()
 
     def on_deployment(obj: dict[str, Any]) -> None:
         timeline.mark(timeline.children, obj["metadata"]["name"])
@@ -324,31 +360,22 @@ def burst(api: client.ApiClient, namespace: str, n: int, ready: int, timeout: fl
         if meta["name"] in wanted_ready and conds.get("Ready") == "True":
             timeline.mark(timeline.ready, meta["name"])
 
+    kube = Kube(api, connections=32)
     watchers = [
-        threading.Thread(
-            target=_watch,
-            args=(stop, apps.list_namespaced_deployment, on_deployment),
-            kwargs={"namespace": namespace},
-            daemon=True,
-        ),
-        threading.Thread(
-            target=_watch,
-            args=(stop, custom.list_namespaced_custom_object, on_owner),
-            kwargs={"group": GROUP, "version": VERSION, "namespace": namespace, "plural": PLURAL},
-            daemon=True,
-        ),
+        _watch(kube, collection_path("apps/v1", "deployments", namespace), on_deployment),
+        _watch(kube, collection_path(f"{GROUP}/{VERSION}", PLURAL, namespace), on_owner),
     ]
-    for t in watchers:
-        t.start()
     time.sleep(1)
     timeline.start = time.monotonic()
     bodies = [_tiny(f"m{i:04d}", f"m{i:04d}" in wanted_ready) for i in range(n)]
+
+    def create(body: dict[str, Any]) -> None:
+        created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        if direct is not None and isinstance(created, dict):
+            direct.reconcile(created)
+
     with ThreadPoolExecutor(16) as pool:
-        list(
-            pool.map(
-                lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, b), bodies
-            )
-        )
+        list(pool.map(create, bodies))
     log(f"{n} SLMDeployments created in {time.monotonic() - timeline.start:.1f}s")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -361,7 +388,8 @@ def burst(api: client.ApiClient, namespace: str, n: int, ready: int, timeout: fl
         if done:
             break
         time.sleep(0.5)
-    stop.set()
+    for informer in watchers:
+        informer.stop()
     return timeline
 
 
@@ -409,14 +437,28 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def own_requests(op: Operator, direct: Direct | None) -> float:
+    """Requests of the operator's own client so far (in `--direct` mode, this process's)."""
+    if direct is not None:
+        return float(sum(direct.kube.requests.snapshot().values()))
+    return op.metric_sum("slm_operator_api_requests_total")
+
+
 def phase(
-    api: client.ApiClient, op: Operator, namespace: str, n: int, args: argparse.Namespace
+    api: client.ApiClient,
+    op: Operator,
+    namespace: str,
+    n: int,
+    args: argparse.Namespace,
+    *,
+    direct: Direct | None = None,
 ) -> dict[str, float]:
-    """One burst of `n` SLMDeployments, then an idle window; the numbers of both."""
-    before_api, before_own = apiserver_counts(api), op.metric_sum("slm_operator_api_requests_total")
+    """One burst of `n` SLMDeployments, then an idle window; the numbers of both (`direct`: the
+    burst only; no status refresh makes anything Ready, so no replicas-1 subset)."""
+    before_api, before_own = apiserver_counts(api), own_requests(op, direct)
     before_cpu = cpu_by_component(op)
     log(f"--- {n} SLMDeployments in {namespace} (load average {os.getloadavg()[0]:.1f})")
-    timeline = burst(api, namespace, n, args.ready, args.timeout)
+    timeline = burst(api, namespace, n, 0 if direct else args.ready, args.timeout, direct=direct)
     children = max(timeline.children.values(), default=float("nan"))
     status = max(timeline.status.values(), default=float("nan"))
     ready = max(timeline.ready.values(), default=float("nan"))
@@ -425,12 +467,12 @@ def phase(
     cpu_ms = {k: (v - before_cpu.get(k, 0.0)) * 1000 / n for k, v in cpu_by_component(op).items()}
     burst_api = delta(apiserver_counts(api), before_api)
     burst_api[("POST", "slmdeployments")] = burst_api.get(("POST", "slmdeployments"), 0) - n
-    own = op.metric_sum("slm_operator_api_requests_total") - before_own
+    own = own_requests(op, direct) - before_own
     log(
         f"children_s={children:.1f} status_s={status:.1f} ready_s={ready:.1f} "
         f"(p50 status {_pct(list(timeline.status.values()), 0.5):.1f}s; "
         f"{len(timeline.children)}/{n} children, {len(timeline.status)}/{n} statuses, "
-        f"{len(timeline.ready)}/{min(args.ready, n)} ready)"
+        f"{len(timeline.ready)}/{0 if direct else min(args.ready, n)} ready)"
     )
     per_cr = {f"{v} {r}": round(c / n, 2) for (v, r), c in sorted(burst_api.items()) if c > 0}
     log(f"API requests per CR (API server, all clients but the creates): {json.dumps(per_cr)}")
@@ -439,6 +481,16 @@ def phase(
         f"CPU ms per CR (burst and settling; load average {os.getloadavg()[0]:.1f}): "
         + json.dumps({k: round(v, 1) for k, v in sorted(cpu_ms.items())})
     )
+    results = {
+        f"converge_s_{n}": max(children, status) if complete else float("inf"),
+        f"ready_s_{n}": ready,
+        f"api_per_cr_{n}": sum(burst_api.values()) / n,
+        f"own_api_per_cr_{n}": own / n,
+        f"operator_cpu_ms_per_cr_{n}": cpu_ms.get("operator", float("nan")),
+        f"apiserver_cpu_ms_per_cr_{n}": cpu_ms.get("kube-apiserver", float("nan")),
+    }
+    if direct is not None:
+        return results
     idle_api, cpu0, t0 = apiserver_counts(api), op.cpu_seconds(), time.monotonic()
     own0 = op.metric_sum("slm_operator_api_requests_total")
     time.sleep(args.idle_seconds)
@@ -453,17 +505,8 @@ def phase(
         f"({json.dumps({f'{v} {r}': c for (v, r), c in idle.items()})}), "
         f"own requests/min {own_idle:.1f}, rss {rss:.0f} MB"
     )
-    return {
-        f"converge_s_{n}": max(children, status) if complete else float("inf"),
-        f"ready_s_{n}": ready,
-        f"rss_mb_{n}": rss,
-        f"idle_cpu_pct_{n}": cpu,
-        f"idle_writes_per_min_{n}": idle_writes,
-        f"api_per_cr_{n}": sum(burst_api.values()) / n,
-        f"own_api_per_cr_{n}": own / n,
-        f"operator_cpu_ms_per_cr_{n}": cpu_ms.get("operator", float("nan")),
-        f"apiserver_cpu_ms_per_cr_{n}": cpu_ms.get("kube-apiserver", float("nan")),
-    }
+    results.update({f"rss_mb_{n}": rss, f"idle_cpu_pct_{n}": cpu, f"idle_writes_per_min_{n}": idle_writes})
+    return results
 
 
 def main() -> int:
@@ -482,6 +525,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--operator-wrapper", default="", help="command prefix for the operator (a profiler), split on spaces"
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="no operator: run its reconcile core right after each create, in this process (the floor)",
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _stop_on_term)
@@ -510,22 +558,28 @@ def main() -> int:
         time.sleep(2)
         previous: str | None = None
         try:
-            with operator(
-                kubeconfig,
-                args.resync_seconds,
-                ROOT / "benchmarks" / ".work" / "operator_scale",
-                dict(e.split("=", 1) for e in args.operator_env),
-                args.operator_wrapper.split(),
-            ) as op:
+            direct = Direct(api) if args.direct else None
+            started = (
+                no_operator()
+                if direct
+                else operator(
+                    kubeconfig,
+                    args.resync_seconds,
+                    ROOT / "benchmarks" / ".work" / "operator_scale",
+                    dict(e.split("=", 1) for e in args.operator_env),
+                    args.operator_wrapper.split(),
+                )
+            )
+            with started as op:
                 for n in counts:
                     if previous:
                         log(f"deleting {previous}")
                         delete_namespace(api, previous)
                         settle(op)
                     previous = f"bench-{n}-{run_id}"
-                    results.update(phase(api, op, previous, n, args))
+                    results.update(phase(api, op, previous, n, args, direct=direct))
             # the operator is stopped first: nothing then reacts to the deletion below
-            report(results, counts)
+            report(results, counts, direct=direct is not None)
         finally:
             if previous:
                 log(f"deleting {previous} (bounded: the control plane may be stopped right after)")
@@ -534,8 +588,12 @@ def main() -> int:
     return 0
 
 
-def report(results: dict[str, float], counts: list[int]) -> None:
+def report(results: dict[str, float], counts: list[int], *, direct: bool = False) -> None:
     """All numbers as JSON, then the summary line (stdout's last line; teardown logs to stderr)."""
+    if direct:
+        print(json.dumps(results, sort_keys=True))
+        print(" ".join(f"direct_converge_s_{n}={results[f'converge_s_{n}']:.1f}" for n in counts), flush=True)
+        return
     last = counts[-1]
     summary = {
         f"converge_s_{counts[0]}": results[f"converge_s_{counts[0]}"],

@@ -18,6 +18,7 @@ from slm_operator.reconcile.plan import (
     Observed,
     Plan,
     RenderMemo,
+    apply_waves,
     key_of,
     observed_form,
     plan,
@@ -270,3 +271,41 @@ def test_the_render_memo_renders_again_only_when_an_input_changes() -> None:
     }
     assert images == {"img:2"}
     assert _summary(plan(body, observed, image="img:1", timestamp="t0")) == _summary(first)
+
+
+def test_apply_waves_put_the_deployment_after_what_its_pods_need_and_the_hpa_last() -> None:
+    spec = {
+        "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
+    }
+    fresh = _plan(_body(spec), Observed(nodes=bed_nodes()))
+    steps = list(fresh.apply)
+    for _ in range(SHUFFLES):
+        random.shuffle(steps)
+        waves = apply_waves(steps)
+        kinds = [[s.obj["kind"] for s in wave] for wave in waves]
+        assert kinds[1:] == [["Deployment"], ["HorizontalPodAutoscaler"]]
+        assert set(kinds[0]) == {
+            "ServiceAccount",
+            "ConfigMap",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        }
+        assert [
+            s
+            for wave in waves
+            for s in wave
+            if s.obj["kind"] not in {"Deployment", "HorizontalPodAutoscaler"}
+        ] == [
+            s for s in steps if s.obj["kind"] not in {"Deployment", "HorizontalPodAutoscaler"}
+        ]  # within a wave, the order given
+
+
+def test_apply_waves_of_nothing_is_no_wave() -> None:
+    assert apply_waves([]) == []

@@ -20,6 +20,7 @@ from slm_operator.reconcile.handlers import build_registry, kopf_error, plain, r
 from slm_operator.reconcile.plan import (
     Observed,
     Owner,
+    apply_waves,
     comparable,
     drifted,
     foreign_pods,
@@ -63,6 +64,7 @@ class FakeCluster:
         self.owner: Obj | None = None
         self.version = 100
         self.events: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()  # execute applies a wave's objects from several threads
 
     def list_nodes(self) -> list[Obj]:
         return copy.deepcopy(self.nodes)
@@ -75,6 +77,10 @@ class FakeCluster:
 
     def apply(self, obj: Obj) -> Obj:
         """Like server-side apply: a no-op apply keeps the resourceVersion, a change bumps it."""
+        with self._lock:
+            return self._apply(obj)
+
+    def _apply(self, obj: Obj) -> Obj:
         self.applies.append(obj)
         previous = self.objects.get(key_of(obj))
         stored = copy.deepcopy(obj)
@@ -349,6 +355,81 @@ def test_reconcile_prunes_hpa_and_pdb_when_no_longer_wanted() -> None:
     outcome = _reconcile(_body({"model": model}, generation=2), cluster)
     assert sorted(o["kind"] for o in outcome.pruned) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
     assert "HorizontalPodAutoscaler" not in cluster.kinds()
+
+
+SCALED = {
+    "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
+    "autoscaling": {
+        "enabled": True,
+        "minReplicas": 2,
+        "maxReplicas": 3,
+        "targetCPUUtilizationPercentage": 50,
+    },
+}
+
+
+class WaveCluster(FakeCluster):
+    """Records which applies overlap: each apply waits (up to 2 s) for the others of its wave."""
+
+    def __init__(self, wave_sizes: list[int]) -> None:
+        super().__init__()
+        self.barriers = [threading.Barrier(n, timeout=2) for n in wave_sizes]
+        self.log: list[tuple[str, str]] = []  # ("start" | "end", kind)
+        self.fail_kind: str | None = None
+
+    def apply(self, obj: Obj) -> Obj:
+        with self._lock:
+            self.log.append(("start", obj["kind"]))
+            wave = sum(1 for event, _ in self.log if event == "end")
+        index = next(i for i, n in enumerate(self._sizes()) if wave < n)
+        self.barriers[index].wait()  # a sequential apply never meets the others: BrokenBarrierError
+        if obj["kind"] == self.fail_kind:
+            with self._lock:
+                self.log.append(("end", obj["kind"]))
+            raise KubeError(f"apply {obj['kind']}: boom", 500)
+        stored = super().apply(obj)
+        with self._lock:
+            self.log.append(("end", obj["kind"]))
+        return stored
+
+    def _sizes(self) -> list[int]:
+        """How many applies end before each wave starts: 0, then the running totals."""
+        totals, done = [], 0
+        for barrier in self.barriers:
+            done += barrier.parties
+            totals.append(done)
+        return totals
+
+
+def test_children_are_applied_in_waves_each_wave_at_once() -> None:
+    # ServiceAccount, ConfigMap, Service, PDB, NetworkPolicy; then the Deployment; then the HPA
+    cluster = WaveCluster([5, 1, 1])
+    outcome = _reconcile(_body(SCALED), cluster)
+    kinds = [kind for event, kind in cluster.log if event == "start"]
+    assert set(kinds[:5]) == {
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    assert kinds[5:] == ["Deployment", "HorizontalPodAutoscaler"]
+    started_deployment = cluster.log.index(("start", "Deployment"))
+    assert [e for e, _ in cluster.log[:started_deployment]].count("end") == 5  # wave 0 all answered
+    assert cluster.log.index(("end", "Deployment")) < cluster.log.index(("start", "HorizontalPodAutoscaler"))
+    # the outcome lists the applied objects wave by wave, whatever order the answers came in
+    assert outcome.plan is not None
+    waves = apply_waves(outcome.plan.apply)
+    assert [o["kind"] for o in outcome.applied] == [s.obj["kind"] for wave in waves for s in wave]
+
+
+def test_a_failed_apply_ends_its_wave_and_applies_nothing_after_it() -> None:
+    cluster = WaveCluster([5, 1, 1])
+    cluster.fail_kind = "Service"
+    with pytest.raises(KubeError, match="apply Service: boom"):
+        _reconcile(_body(SCALED), cluster)
+    assert sorted(cluster.kinds()) == ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount"]
+    assert ("start", "Deployment") not in cluster.log and cluster.status_patches == []
 
 
 def test_missing_secret_applies_nothing() -> None:

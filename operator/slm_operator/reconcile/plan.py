@@ -53,6 +53,10 @@ class ChildKind:
     plural: str
     optional: bool = False
     """Rendered, listed and pruned only while the API server serves it (a CRD of someone else's)."""
+    wave: int = 0
+    """When it is applied (`apply_waves`): 0 before the Deployment (what its pods mount, use, or
+    are guarded by: the NetworkPolicy is in place before a pod can run), 1 the Deployment, 2 what
+    refers to the Deployment (the HPA)."""
 
     @property
     def group(self) -> str:
@@ -68,16 +72,17 @@ CHILDREN: tuple[ChildKind, ...] = (
     ChildKind("v1", "ConfigMap", "configmaps"),
     ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     ChildKind("v1", "Service", "services"),
-    ChildKind("apps/v1", "Deployment", "deployments"),
-    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ChildKind("apps/v1", "Deployment", "deployments", wave=1),
+    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", wave=2),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     ChildKind(INFERENCE_POOL_API_VERSION, INFERENCE_POOL_KIND, INFERENCE_POOL_PLURAL, optional=True),
 )
 """The one table of child kinds: every kind the renderer may produce (and the operator may
-prune), in apply order. RBAC (`slm_operator.rbac`), the child informers (`reconcile.runner`) and
-the tests read it. An `optional` kind is used only while discovery says the API server serves it
-(`reconcile.discovery`); RBAC grants it anyway, and no informer watches it (its CRD may go away)."""
+prune), in apply order (by `wave`, then as listed). RBAC (`slm_operator.rbac`), the child
+informers (`reconcile.runner`) and the tests read it. An `optional` kind is used only while
+discovery says the API server serves it (`reconcile.discovery`); RBAC grants it anyway, and no
+informer watches it (its CRD may go away)."""
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = tuple((c.api_version, c.kind) for c in CHILDREN)
 """(apiVersion, kind) of `CHILDREN`."""
@@ -85,6 +90,8 @@ PLURALS: dict[str, str] = {c.kind: c.plural for c in CHILDREN}
 """kind -> plural of `CHILDREN`."""
 OPTIONAL_KINDS: frozenset[str] = frozenset(c.kind for c in CHILDREN if c.optional)
 """Kinds of the optional `CHILDREN`."""
+WAVES: dict[str, int] = {c.kind: c.wave for c in CHILDREN}
+"""kind -> `ChildKind.wave`."""
 
 
 def served_children(optional_kinds: frozenset[str]) -> tuple[ChildKind, ...]:
@@ -339,6 +346,16 @@ class Plan:
     def is_noop(self) -> bool:
         """Nothing to apply or delete and a status that would not change: no API call at all."""
         return not self.apply and not self.delete and not self.status_changed(self.status())
+
+
+def apply_waves(steps: Sequence[Step]) -> list[list[Step]]:
+    """`steps` grouped by their kind's `ChildKind.wave`, in wave order, each group in the order
+    given: the steps of one wave do not depend on each other, so they may be applied at once (one
+    round trip per wave instead of one per object); a kind outside `CHILDREN` goes first."""
+    waves: dict[int, list[Step]] = {}
+    for step in steps:
+        waves.setdefault(WAVES.get(step.key[1], 0), []).append(step)
+    return [waves[w] for w in sorted(waves)]
 
 
 def placement_events(old_status: Mapping[str, Any], placement: Placement) -> list[Event]:

@@ -10,9 +10,9 @@ only when it changes: a plan with nothing to do makes no API call.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from slm_operator import redact
 from slm_operator.api import SLMDeploymentSpec
@@ -36,6 +36,7 @@ from slm_operator.reconcile.plan import (
     Owner,
     Plan,
     Step,
+    apply_waves,
     conflicts_of,
     parse_spec,
     placement_events,
@@ -104,11 +105,15 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
-LOOKUP_THREADS = 8
-"""GETs of `check_names` in flight at once (one per child kind)."""
-_LOOKUPS = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="name-check")
+FAN_OUT_THREADS = 32
+"""Requests of reconciles in flight at once beside the reconciles' own threads: the name-check
+GETs of `check_names` and the applies of one wave (`plan.apply_waves`), a few per reconcile."""
+_FAN_OUT = ThreadPoolExecutor(max_workers=FAN_OUT_THREADS, thread_name_prefix="reconcile-io")
 """Shared by every reconcile: a pool per reconcile started and joined threads each time, which in a
-burst of creates cost more than the GETs themselves."""
+burst of creates cost more than the requests themselves. Only reconciles' threads submit to it
+(never its own), so it cannot deadlock on itself."""
+X = TypeVar("X")
+Y = TypeVar("Y")
 REJECTED = frozenset({400, 403, 413, 422})
 """API answers to an apply that a retry with the same spec gets again (invalid, forbidden by
 admission or RBAC, over quota, too large): reported as ApplyFailed instead of retried quietly."""
@@ -125,6 +130,18 @@ def _apply(cluster: Cluster, step: Step) -> Obj:
         raise
 
 
+def _at_once(call: Callable[[X], Y], items: Sequence[X]) -> list[Y]:
+    """`call` on every item, all at once on the shared pool (inline for one); results in order.
+
+    Every call runs to its end even when one fails; then the first failure (in item order) is
+    raised, so a failed wave never leaves an apply in flight behind the reconcile."""
+    if len(items) <= 1:
+        return [call(item) for item in items]
+    futures = [_FAN_OUT.submit(call, item) for item in items]
+    wait(futures)
+    return [f.result() for f in futures]
+
+
 def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
     """Raise `NameConflictError` if the plan would take over an object this owner does not control.
 
@@ -132,10 +149,7 @@ def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
     since), all at once so that the check costs one round trip, served from the API server's watch
     cache; none when the plan applies nothing new."""
     keys = unverified_keys(the_plan, observed)
-    if len(keys) > 1:
-        found = list(_LOOKUPS.map(lambda key: cluster.read(*key, cached=True), keys))
-    else:
-        found = [cluster.read(*key, cached=True) for key in keys]
+    found = _at_once(lambda key: cluster.read(*key, cached=True), keys)
     live: dict[Key, Obj | None] = dict(zip(keys, found, strict=True))
     conflicts = conflicts_of(the_plan, observed, live)
     if conflicts:
@@ -150,11 +164,16 @@ def check_names(the_plan: Plan, observed: Observed, cluster: Cluster) -> None:
 def execute(plan: Plan, cluster: Cluster, hand_overs: Sequence[Obj] = ()) -> Outcome:
     """Carry out `plan`: apply, prune, patch the status if it changed. The only I/O of a reconcile.
 
+    The applies go in waves (`plan.apply_waves`): the objects of one wave at once, the Deployment
+    after what its pods need, the HPA after the Deployment; three round trips, not one per child
+    (a reconcile's time in a burst is mostly waiting on the API server).
     `hand_overs` (`autoscale.handover.replicas_hand_overs`) are applied first, under their own
     field manager, so that a Deployment keeps its replica count when the operator stops owning it."""
     for obj in hand_overs:
         cluster.hand_over(obj)
-    applied = [_apply(cluster, step) for step in plan.apply]
+    applied = [
+        obj for wave in apply_waves(plan.apply) for obj in _at_once(lambda s: _apply(cluster, s), wave)
+    ]
     for step in plan.delete:
         cluster.delete(step.obj)
     deployment = next((a for a in applied if a.get("kind") == "Deployment"), None)

@@ -30,6 +30,7 @@ from slm_operator.reconcile.children import ChildEvents, child_event
 from slm_operator.reconcile.context import Background, Leadership, OperatorContext
 from slm_operator.reconcile.handlers import build_registry
 from slm_operator.reconcile.plan import CHILDREN
+from slm_operator.reconcile.reconciler import FAN_OUT_THREADS
 from slm_operator.render.metadata import MANAGED_BY, MANAGED_BY_LABEL
 from slm_operator.settings import Settings
 
@@ -109,7 +110,9 @@ def run_operator(settings: Settings) -> None:
         heap.limit_arenas(MALLOC_ARENAS)
     kopf.configure(log_format=kopf.LogFormat.PLAIN)
     load_config()
-    kube = Kube(field_manager=settings.field_manager, connections=settings.workers + 4)
+    # a kept connection for every thread that may send at once (else a TLS handshake per request)
+    connections = settings.workers + FAN_OUT_THREADS + CHILD_WORKERS + 4
+    kube = Kube(field_manager=settings.field_manager, connections=connections)
     leadership = Leadership(settings.peering, own_identity(), settings.priority)
     ctx = OperatorContext(settings=settings, cluster=kube, leadership=leadership)
     requests = Counter(
