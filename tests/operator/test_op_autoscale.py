@@ -422,6 +422,29 @@ def test_tick_corrects_a_foreign_count_as_the_one_writer() -> None:
     assert api.calls == []  # steady: no API call at all
 
 
+def test_tick_parses_a_spec_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    scaler, caches, _ = _loop({"scaleDownStabilizationSeconds": 0}, 1, {"ns/m": idle(5)})
+    owner = caches.owners()[0]
+    owner["metadata"]["generation"] = 1
+    parsed: list[object] = []
+    original = SLMDeploymentSpec.model_validate
+
+    def counting(value: Any, *args: Any, **kwargs: Any) -> SLMDeploymentSpec:
+        parsed.append(value)
+        return original(value, *args, **kwargs)
+
+    monkeypatch.setattr(SLMDeploymentSpec, "model_validate", counting)
+    assert len(scaler.tick()) == 1 and len(scaler.tick()) == 1
+    assert len(parsed) == 1  # the second tick used the parsed spec of generation 1
+    # a new generation is parsed again: autoscaling switched off, the owner is no longer scaled
+    owner["spec"] = {"model": MODEL}
+    owner["metadata"]["generation"] = 2
+    assert scaler.tick() == [] and len(parsed) == 2
+    caches._owners.clear()
+    scaler.tick()
+    assert scaler._specs == {}  # a deleted owner's parsed spec is forgotten
+
+
 def test_tick_writes_status_before_scaling_to_zero_and_wakes_on_a_held_request() -> None:
     scaler, caches, api = _loop({"minReplicas": 0, "scaleToZeroAfter": "60s"}, 1, {"ns/m": idle(61)})
     scaler.tick()
