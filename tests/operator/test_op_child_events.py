@@ -124,3 +124,25 @@ def test_a_failing_handler_does_not_end_its_worker() -> None:
     finally:
         events.stop()
     assert calls == ["bad", "good"]
+
+
+def test_events_wait_without_their_managed_fields() -> None:
+    got: list[Obj] = []
+    events = ChildEvents(lambda kind, obj: got.append(obj), workers=1)
+    managed = [{"manager": "slm-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+    obj = _obj("a", 1)
+    obj["metadata"]["managedFields"] = managed
+    obj["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "slm-operator"}
+    events.sink("v1", "Service").upsert(obj)
+    events.start()
+    try:
+        assert events.wait_idle(10)
+    finally:
+        events.stop()
+    assert got[0]["metadata"] == {
+        "name": "a",
+        "namespace": "ns",
+        "resourceVersion": "1",
+        "labels": {"app.kubernetes.io/managed-by": "slm-operator"},
+    }
+    assert obj["metadata"]["managedFields"] == managed  # the informer's copy is left as it was

@@ -118,7 +118,13 @@ class KindSink:
         self._events, self._api_version, self._kind = events, api_version, kind
 
     def _typed(self, obj: Mapping[str, Any]) -> Obj:
-        return {"apiVersion": self._api_version, "kind": self._kind, **obj}
+        """The event's object with its kind, less `metadata.managedFields`: nothing here reads
+        them, and they are often the larger part of the object, held until the event is handled
+        (in a burst, thousands of events wait; that backlog is the operator's memory peak)."""
+        meta = obj.get("metadata") or {}
+        if "managedFields" in meta:
+            meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        return {"apiVersion": self._api_version, "kind": self._kind, **obj, "metadata": meta}
 
     def replace(self, objects: list[Obj], namespace: str | None = None) -> None:
         if self._kind == "Deployment":
