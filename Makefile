@@ -7,7 +7,7 @@ METRICS_SERVER := sigs.k8s.io/metrics-server/cmd/metrics-server@v0.8.0
 # the real node's NetworkPolicy enforcer (--run-firewall only); v2.1.0 is the one version the Go proxy serves
 KUBE_ROUTER := github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@v2.1.0
 
-.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models test-deps
+.PHONY: help dev down test unit e2e lint chart-lint fmt crd bins setup models test-deps bench-fleet
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ lint: setup bins ## ruff + mypy --strict + helm lint --strict
 
 chart-lint: bins ## helm lint --strict on the chart
 	bin/helm lint --strict charts/slm-operator
+
+bench-fleet: setup bins ## benchmark: 500 and 1,000 SLMDeployments at once on a local control plane of its own (BENCH_ARGS=--direct: the floor)
+	SLM_CLUSTER_DIR=$(CURDIR)/.bench-cluster $(VENV)/bin/python benchmarks/operator_scale.py $(BENCH_ARGS)
 
 fmt: setup ## format the code
 	$(VENV)/bin/ruff format operator runtime-image tests benchmarks

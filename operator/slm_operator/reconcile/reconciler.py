@@ -105,7 +105,7 @@ def check_secret(spec: SLMDeploymentSpec, namespace: str, cluster: Cluster) -> N
         raise SecretNotFoundError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
 
 
-FAN_OUT_THREADS = 32
+FAN_OUT_THREADS = 8
 """Requests of reconciles in flight at once beside the reconciles' own threads: the name-check
 GETs of `check_names` and the applies of one wave (`plan.apply_waves`), a few per reconcile."""
 _FAN_OUT = ThreadPoolExecutor(max_workers=FAN_OUT_THREADS, thread_name_prefix="reconcile-io")
