@@ -130,9 +130,7 @@ class Operator:
         return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name))
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return process_cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -229,7 +227,7 @@ def cpu_by_component(op: Operator) -> dict[str, float]:
     of cost that does not depend on how loaded the machine is (wall-clock times do)."""
     used = {name: process_cpu_seconds(pid) for name, pid in control_plane_pids().items()}
     used["operator"] = op.cpu_seconds()
-    if op.pid != os.getpid():  # --direct: the operator's work is done in this process
+    if op.pid != os.getpid():  # this process's own cost (under --direct it is the "operator")
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used["benchmark"] = usage.ru_utime + usage.ru_stime
     return used

@@ -34,6 +34,19 @@ def gguf(*quants: str, base: str = "hf://org/repo/model") -> list[dict[str, Any]
     return [{"format": "gguf", "quantization": q, "uri": f"{base}-{q}.gguf"} for q in quants]
 
 
+def cpu_scaled(model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A spec autoscaled by CPU (2..3 replicas): every child kind renders, the HPA and PDB too."""
+    return {
+        "model": model or {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
+    }
+
+
 def onnx(*quants: str) -> list[dict[str, Any]]:
     return [{"format": "onnx", "quantization": q, "uri": f"hf://org/repo-onnx/{q.lower()}"} for q in quants]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
-from op_support import bed_nodes, gguf, pod_on
+from op_support import bed_nodes, cpu_scaled, gguf, pod_on
 from test_op_reconcile import UID, FakeCluster, _body, _ctx
 
 from slm_operator.api import SLMDeploymentSpec
@@ -313,15 +313,7 @@ def test_rbac_follows_the_child_table_and_lets_the_informers_watch() -> None:
 
 def test_a_restarted_operator_lists_once_and_prunes_what_the_last_one_left() -> None:
     cluster, ctx, bodies = _fleet(2)
-    scaled = {
-        "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
-        "autoscaling": {
-            "enabled": True,
-            "minReplicas": 2,
-            "maxReplicas": 3,
-            "targetCPUUtilizationPercentage": 50,
-        },
-    }
+    scaled = cpu_scaled()
     for body in bodies:
         body["spec"] = copy.deepcopy(scaled)
         run_reconcile(ctx, plain(body), "change")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from op_support import bed_nodes, gguf, pod_on
+from op_support import bed_nodes, cpu_scaled, gguf, pod_on
 
 from slm_operator.reconcile.plan import (
     CHILDREN,
@@ -274,16 +274,7 @@ def test_the_render_memo_renders_again_only_when_an_input_changes() -> None:
 
 
 def test_apply_waves_put_the_deployment_after_what_its_pods_need_and_the_hpa_last() -> None:
-    spec = {
-        "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
-        "autoscaling": {
-            "enabled": True,
-            "minReplicas": 2,
-            "maxReplicas": 3,
-            "targetCPUUtilizationPercentage": 50,
-        },
-    }
-    fresh = _plan(_body(spec), Observed(nodes=bed_nodes()))
+    fresh = _plan(_body(cpu_scaled()), Observed(nodes=bed_nodes()))
     steps = list(fresh.apply)
     for _ in range(SHUFFLES):
         random.shuffle(steps)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from itertools import accumulate
 from typing import Any
 
 import kopf
 import pytest
-from op_support import bed_nodes, gguf, pod_on
+from op_support import bed_nodes, cpu_scaled, gguf, pod_on
 
 from slm_operator.errors import KubeError, PlacementError, SecretNotFoundError, SpecError
 from slm_operator.metrics import Metrics
@@ -341,31 +342,11 @@ def test_reconcile_is_idempotent_and_quiet() -> None:
 def test_reconcile_prunes_hpa_and_pdb_when_no_longer_wanted() -> None:
     cluster = FakeCluster()
     model = {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}
-    scaled = {
-        "model": model,
-        "autoscaling": {
-            "enabled": True,
-            "minReplicas": 2,
-            "maxReplicas": 3,
-            "targetCPUUtilizationPercentage": 50,
-        },
-    }
-    _reconcile(_body(scaled), cluster)
+    _reconcile(_body(cpu_scaled(model)), cluster)
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(cluster.kinds())
     outcome = _reconcile(_body({"model": model}, generation=2), cluster)
     assert sorted(o["kind"] for o in outcome.pruned) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
     assert "HorizontalPodAutoscaler" not in cluster.kinds()
-
-
-SCALED = {
-    "model": {"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")},
-    "autoscaling": {
-        "enabled": True,
-        "minReplicas": 2,
-        "maxReplicas": 3,
-        "targetCPUUtilizationPercentage": 50,
-    },
-}
 
 
 class WaveCluster(FakeCluster):
@@ -374,15 +355,16 @@ class WaveCluster(FakeCluster):
     def __init__(self, wave_sizes: list[int]) -> None:
         super().__init__()
         self.barriers = [threading.Barrier(n, timeout=2) for n in wave_sizes]
+        self.ends = list(accumulate(wave_sizes))  # applies answered once each wave is done
         self.log: list[tuple[str, str]] = []  # ("start" | "end", kind)
         self.fail_kind: str | None = None
 
     def apply(self, obj: Obj) -> Obj:
         with self._lock:
             self.log.append(("start", obj["kind"]))
-            wave = sum(1 for event, _ in self.log if event == "end")
-        index = next(i for i, n in enumerate(self._sizes()) if wave < n)
-        self.barriers[index].wait()  # a sequential apply never meets the others: BrokenBarrierError
+            answered = sum(1 for event, _ in self.log if event == "end")
+        wave = next(i for i, end in enumerate(self.ends) if answered < end)
+        self.barriers[wave].wait()  # a sequential apply never meets the others: BrokenBarrierError
         if obj["kind"] == self.fail_kind:
             with self._lock:
                 self.log.append(("end", obj["kind"]))
@@ -392,19 +374,11 @@ class WaveCluster(FakeCluster):
             self.log.append(("end", obj["kind"]))
         return stored
 
-    def _sizes(self) -> list[int]:
-        """How many applies end before each wave starts: 0, then the running totals."""
-        totals, done = [], 0
-        for barrier in self.barriers:
-            done += barrier.parties
-            totals.append(done)
-        return totals
-
 
 def test_children_are_applied_in_waves_each_wave_at_once() -> None:
     # ServiceAccount, ConfigMap, Service, PDB, NetworkPolicy; then the Deployment; then the HPA
     cluster = WaveCluster([5, 1, 1])
-    outcome = _reconcile(_body(SCALED), cluster)
+    outcome = _reconcile(_body(cpu_scaled()), cluster)
     kinds = [kind for event, kind in cluster.log if event == "start"]
     assert set(kinds[:5]) == {
         "ServiceAccount",
@@ -427,7 +401,7 @@ def test_a_failed_apply_ends_its_wave_and_applies_nothing_after_it() -> None:
     cluster = WaveCluster([5, 1, 1])
     cluster.fail_kind = "Service"
     with pytest.raises(KubeError, match="apply Service: boom"):
-        _reconcile(_body(SCALED), cluster)
+        _reconcile(_body(cpu_scaled()), cluster)
     assert sorted(cluster.kinds()) == ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount"]
     assert ("start", "Deployment") not in cluster.log and cluster.status_patches == []
 

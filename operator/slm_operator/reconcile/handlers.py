@@ -36,7 +36,6 @@ from slm_operator.reconcile.resync import resync_forever, resync_once
 from slm_operator.reconcile.runs import kopf_error, post, run_reconcile
 
 log = logging.getLogger("slm_operator")
-KOPF_WORKER_IDLE_SECONDS = 0.5
 
 __all__ = [
     "PLURALS",
@@ -107,9 +106,6 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     settings.persistence.diffbase_storage = ctx.kopf_state.diffbase
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = ctx.settings.workers
-    # kopf keeps a worker (and the last event's full body) per SLMDeployment until it has idled
-    # this long (default 5 s): in a burst of creates, hundreds of them at once, the memory peak
-    settings.queueing.idle_timeout = KOPF_WORKER_IDLE_SECONDS
     settings.peering.lifetime = ctx.settings.peering_lifetime
     try:
         ctx.metrics.serve(ctx.settings.metrics_port)

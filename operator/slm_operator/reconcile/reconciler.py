@@ -166,7 +166,8 @@ def execute(plan: Plan, cluster: Cluster, hand_overs: Sequence[Obj] = ()) -> Out
 
     The applies go in waves (`plan.apply_waves`): the objects of one wave at once, the Deployment
     after what its pods need, the HPA after the Deployment; three round trips, not one per child
-    (a reconcile's time in a burst is mostly waiting on the API server).
+    (a reconcile's latency on a cluster with CPU to spare; a burst on a saturated one is bound by
+    CPU, not by these waits).
     `hand_overs` (`autoscale.handover.replicas_hand_overs`) are applied first, under their own
     field manager, so that a Deployment keeps its replica count when the operator stops owning it."""
     for obj in hand_overs:
