@@ -21,7 +21,7 @@ from slm_operator.placement import charge_pending, place
 from slm_operator.rbac import rules
 from slm_operator.reconcile import heap
 from slm_operator.reconcile.cache import Store, slim_node, slim_pod
-from slm_operator.reconcile.context import Leadership, OperatorContext, is_leader
+from slm_operator.reconcile.context import AppliedCache, Leadership, OperatorContext, is_leader
 from slm_operator.reconcile.handlers import plain, run_reconcile
 from slm_operator.reconcile.plan import CHILDREN, served_children
 from slm_operator.reconcile.resync import resync_once
@@ -68,6 +68,29 @@ def test_store_indexes_by_owner_and_keeps_slim_copies() -> None:
     store.remove(_pod("a-2"))
     assert store.owned_by("ns", "a") == [] and len(store) == 2
     assert ("DELETED", "a-2") in seen
+
+
+def test_the_applied_cache_keeps_forms_packed_and_hands_out_copies() -> None:
+    cache = AppliedCache()
+    child = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "m", "namespace": "ns", "labels": {"slm.dev/deployment": "m"}},
+        "data": {"config.yaml": "a: 1\n", "b": "2"},
+    }
+    cache.remember([child])
+    version = cache.version
+    reordered = {**child, "data": {"b": "2", "config.yaml": "a: 1\n"}}
+    cache.remember([reordered])
+    assert cache.version == version  # the same form in another key order is no change
+    key = ("v1", "ConfigMap", "ns", "m")
+    got = cache.get(key)
+    assert got is not None and got["data"] == child["data"]
+    got["data"]["b"] = "changed"  # a reader's copy, not the cache's
+    assert cache.children("ns", "m")[key]["data"]["b"] == "2"
+    cache.remember([{**child, "data": {"b": "3"}}])
+    assert cache.version == version + 1
+    assert cache.children("ns", "m")[key]["data"] == {"b": "3"}
 
 
 def test_an_older_watch_event_does_not_undo_a_written_through_update() -> None:
