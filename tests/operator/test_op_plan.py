@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from op_support import bed_nodes, cpu_scaled, gguf, pod_on
 
+from slm_operator.reconcile import plan as plan_module
 from slm_operator.reconcile.plan import (
     CHILDREN,
     Observed,
@@ -24,6 +25,7 @@ from slm_operator.reconcile.plan import (
     plan,
     reservations,
 )
+from slm_operator.render import RenderContext, render_all
 
 Obj = dict[str, Any]
 UID = "uid-1"
@@ -251,17 +253,21 @@ def test_reservations_stand_in_for_pods_a_deployment_still_wants() -> None:
     assert "nodeName" not in stand_ins[0]["spec"] and stand_ins[0]["status"]["phase"] == "Pending"
 
 
-def test_the_render_memo_renders_again_only_when_an_input_changes() -> None:
+def test_the_render_memo_renders_again_only_when_an_input_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    renders: list[str] = []
+
+    def counted(ctx: RenderContext) -> list[Obj]:
+        renders.append(ctx.image)
+        return render_all(ctx)
+
+    monkeypatch.setattr(plan_module, "render_all", counted)
     memo = RenderMemo()
     body, observed = _fresh()
     first = plan(body, observed, image="img:1", timestamp="t0", render=memo)
     again = plan(body, observed, image="img:1", timestamp="t1", render=memo)
-    assert again.desired == first.desired
-
-    def spec_of(p: Plan) -> Obj:
-        return next(o for o in p.desired if o["kind"] == "Deployment")["spec"]
-
-    assert spec_of(again) is spec_of(first)  # not rendered again
+    assert again.desired == first.desired and renders == ["img:1"]  # not rendered again
+    again.desired[0]["metadata"]["name"] = "edited"  # a copy: the memo's next answer is intact
+    assert plan(body, observed, image="img:1", timestamp="t1", render=memo).desired == first.desired
     other_image = plan(body, observed, image="img:2", timestamp="t2", render=memo)
     images = {
         c["image"]

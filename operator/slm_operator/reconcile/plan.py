@@ -15,6 +15,7 @@ creates do not all pick the one free device.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -572,27 +573,40 @@ def reservations(
     return stand_ins
 
 
+def pack(objects: Any) -> bytes:
+    """Objects held for the whole fleet, as canonical compact JSON: a fifth of their size as
+    dicts (a model's children: about 7 KB rather than 37 KB), equal bytes for equal objects, and
+    a fresh copy for every reader (`unpack`)."""
+    return json.dumps(objects, sort_keys=True, separators=(",", ":")).encode()
+
+
+def unpack(packed: bytes) -> Any:
+    return json.loads(packed)
+
+
 class RenderMemo:
     """`render_all`, remembered per SLMDeployment for as long as its inputs stay the same.
 
     The inputs are the whole `RenderContext` (name, namespace, spec, placement, image), compared by
     value; a re-plan that changes nothing (the resync after a burst, a node event) then costs no
-    rendering, which is most of a plan's CPU (the runtime config is serialised twice). One entry per
-    SLMDeployment, sharing the objects it returns (nobody mutates rendered objects)."""
+    rendering, which is most of a plan's CPU (the runtime config is serialised twice), only an
+    `unpack`. One entry per SLMDeployment, kept packed: held for every model of the fleet, the
+    rendered dicts were the largest part of the operator's memory at 1,000 models."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last: dict[tuple[str | None, str], tuple[RenderContext, list[Obj]]] = {}
+        self._last: dict[tuple[str | None, str], tuple[RenderContext, bytes]] = {}
 
     def __call__(self, ctx: RenderContext) -> list[Obj]:
         key = (ctx.namespace, ctx.name)
         with self._lock:
             hit = self._last.get(key)
         if hit is not None and hit[0] == ctx:
-            return hit[1]
+            rendered: list[Obj] = unpack(hit[1])
+            return rendered
         rendered = render_all(ctx)
         with self._lock:
-            self._last[key] = (ctx, rendered)
+            self._last[key] = (ctx, pack(rendered))
         return rendered
 
     def forget(self, namespace: str, name: str) -> None:
