@@ -500,3 +500,9 @@ def test_an_owner_whose_first_reconcile_met_an_outage_is_retried_by_the_resync()
     assert resync_once(ctx, {}, set(), full=False) == 1
     assert "Deployment" in cluster.kinds() and not ctx.api_failures
     assert resync_once(ctx, {}, set(), full=False) == 0
+
+
+def test_the_heap_is_trimmed_after_work_and_released_once_the_burst_has_settled() -> None:
+    after = heap.AfterBurst()
+    steps = [after.step(found) for found in (False, True, True, False, False, True, False)]
+    assert steps == [None, heap.trim, heap.trim, heap.release, None, heap.trim, heap.release]

@@ -8,6 +8,11 @@ resident memory stayed several times what its caches hold. Two glibc behaviours 
   (before the threads exist), so that it needs no change to the image or the chart;
 - freed memory inside the heap (not at its top) is kept by the process until `malloc_trim` hands
   the free pages back; `trim` is called after each resync pass that found work.
+A burst's last garbage is freed later than that: kopf's per-object workers let go of their last
+event's body only after idling (5 s), and reference cycles wait for the cyclic collector's oldest
+generation, which a quiet process seldom reaches. So the first resync pass that finds nothing to
+do after a busy one (`AfterBurst`; busy: it reconciled, or kopf's handlers changed children since
+the pass before) collects and trims once more (`release`).
 
 On a libc without these calls (musl, macOS) both are no-ops.
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -50,3 +57,27 @@ def trim() -> bool:
     """Return the heap's free pages to the system. True if some were released."""
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def release() -> bool:
+    """Free the unreachable cycles, then return the free pages: once, when a burst has settled
+    (a full collection walks every object, so not after every pass)."""
+    gc.collect()
+    return trim()
+
+
+class AfterBurst:
+    """Which heap call follows a resync pass: `trim` after a busy one, `release` after the first
+    quiet one since, nothing while the fleet stays quiet."""
+
+    def __init__(self) -> None:
+        self._settling = False
+
+    def step(self, busy: bool) -> Callable[[], bool] | None:
+        if busy:
+            self._settling = True
+            return trim
+        if self._settling:
+            self._settling = False
+            return release
+        return None

@@ -94,6 +94,8 @@ async def resync_forever(ctx: OperatorContext) -> None:
     failed: set[OwnerKey] = set()
     last_full = time.monotonic()
     was_active = True
+    after_burst = heap.AfterBurst()
+    seen_version = ctx.applied.version
     while True:
         await asyncio.sleep(min(interval, RETRY_SECONDS))
         if not ctx.cache.synced():
@@ -113,5 +115,12 @@ async def resync_forever(ctx: OperatorContext) -> None:
             last_full = time.monotonic()
         elif not failed and not ctx.api_failures:
             continue
-        if await asyncio.to_thread(resync_once, ctx, done, failed, full=full):
-            await asyncio.to_thread(heap.trim)  # after a burst, give its garbage back (reconcile.heap)
+        found_work = await asyncio.to_thread(resync_once, ctx, done, failed, full=full) > 0
+        if not (full or found_work):
+            continue
+        # work: this pass's, or the children kopf's handlers applied since the last full pass
+        busy = found_work or ctx.applied.version != seen_version
+        seen_version = ctx.applied.version
+        give_back = after_burst.step(busy)
+        if give_back is not None:  # after a burst, its garbage goes back to the system (reconcile.heap)
+            await asyncio.to_thread(give_back)
