@@ -209,6 +209,11 @@ def test_responses_stream(smollm2_server: RunningServer) -> None:
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
+TOOL_CALL_TOKENS = 256
+"""Room for a sampled call's arguments to end: with 60, a CI run's sampled arguments ran out of
+tokens once, and the stream rightly ended with `response.incomplete`, not `response.completed`."""
+
+
 def test_responses_required_function_call(smollm2_server: RunningServer) -> None:
     c = _client(smollm2_server)
     out = c.responses.create(
@@ -216,7 +221,7 @@ def test_responses_required_function_call(smollm2_server: RunningServer) -> None
         input="What is the weather like in Paris?",
         tools=[WEATHER_TOOL],
         tool_choice="required",
-        max_output_tokens=60,
+        max_output_tokens=TOOL_CALL_TOKENS,
     )
     calls = [item for item in out.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
@@ -226,7 +231,7 @@ def test_responses_required_function_call(smollm2_server: RunningServer) -> None
         input="What is the weather like in Paris?",
         tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "name": "get_weather"},
-        max_output_tokens=60,
+        max_output_tokens=TOOL_CALL_TOKENS,
     ) as stream:
         arg_deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
         final = stream.get_final_response()

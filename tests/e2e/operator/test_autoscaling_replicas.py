@@ -115,7 +115,11 @@ def test_switching_autoscaling_on_and_off_never_drops_the_running_count(
         return owners if "slm-operator/Apply" not in owners else None
 
     owners = wait_for(applied_without_replicas, 30, "the Deployment applied without spec.replicas")
-    assert "slm-operator-handover/Apply" in owners, owners
+    # Whoever writes first: the operator hands the field over before its apply drops it, or the
+    # autoscaler's tick (every few seconds, on the new spec) scaled before that apply, so that the
+    # hand-over met its different count (409) and was not needed. Either way the field kept an
+    # owner, which the watched history below proves (never below 3).
+    assert owners & {"slm-operator-handover/Apply", "slm-operator-autoscaler/Update"}, owners
     wait_for(lambda: watched.seen[-1] == 4, 30, "the autoscaler raising the count to minReplicas 4")
 
     # off, spec.replicas still 3: the count the autoscaler left (4) stays
