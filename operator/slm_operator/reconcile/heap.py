@@ -7,12 +7,11 @@ resident memory stayed several times what its caches hold. Two glibc behaviours 
   freed in one arena is not reused by another. `limit_arenas` is `MALLOC_ARENA_MAX`, set at startup
   (before the threads exist), so that it needs no change to the image or the chart;
 - freed memory inside the heap (not at its top) is kept by the process until `malloc_trim` hands
-  the free pages back; `trim` is called after each resync pass that found work.
+  the free pages back; `trim` is called after each busy resync pass.
 A burst's last garbage is freed later than that: kopf's per-object workers let go of their last
 event's body only after idling (5 s), and reference cycles wait for the cyclic collector's oldest
-generation, which a quiet process seldom reaches. So the first resync pass that finds nothing to
-do after a busy one (`AfterBurst`; busy: it reconciled, or kopf's handlers changed children since
-the pass before) collects and trims once more (`release`).
+generation, which a quiet process seldom reaches. So the first quiet resync pass after a busy one
+(`AfterBurst`) collects and trims once more (`release`).
 
 On a libc without these calls (musl, macOS) both are no-ops.
 """
@@ -67,13 +66,19 @@ def release() -> bool:
 
 
 class AfterBurst:
-    """Which heap call follows a resync pass: `trim` after a busy one, `release` after the first
-    quiet one since, nothing while the fleet stays quiet."""
+    """Which heap call follows a full resync pass (or one that found work): `trim` after a busy
+    one, `release` after the first quiet one since, nothing while the fleet stays quiet.
 
-    def __init__(self) -> None:
+    Busy: the pass reconciled something, or the children changed since the pass before
+    (`AppliedCache.version`: kopf's handlers applied them; in a burst they do most of the work)."""
+
+    def __init__(self, version: int) -> None:
+        self._version = version
         self._settling = False
 
-    def step(self, busy: bool) -> Callable[[], bool] | None:
+    def step(self, found_work: bool, version: int) -> Callable[[], bool] | None:
+        busy = found_work or version != self._version
+        self._version = version
         if busy:
             self._settling = True
             return trim

@@ -94,8 +94,7 @@ async def resync_forever(ctx: OperatorContext) -> None:
     failed: set[OwnerKey] = set()
     last_full = time.monotonic()
     was_active = True
-    after_burst = heap.AfterBurst()
-    seen_version = ctx.applied.version
+    after_burst = heap.AfterBurst(ctx.applied.version)
     while True:
         await asyncio.sleep(min(interval, RETRY_SECONDS))
         if not ctx.cache.synced():
@@ -116,11 +115,6 @@ async def resync_forever(ctx: OperatorContext) -> None:
         elif not failed and not ctx.api_failures:
             continue
         found_work = await asyncio.to_thread(resync_once, ctx, done, failed, full=full) > 0
-        if not (full or found_work):
-            continue
-        # work: this pass's, or the children kopf's handlers applied since the last full pass
-        busy = found_work or ctx.applied.version != seen_version
-        seen_version = ctx.applied.version
-        give_back = after_burst.step(busy)
+        give_back = after_burst.step(found_work, ctx.applied.version) if full or found_work else None
         if give_back is not None:  # after a burst, its garbage goes back to the system (reconcile.heap)
             await asyncio.to_thread(give_back)
