@@ -75,6 +75,13 @@ class ApplyError(SlmOperatorError):
         self.status = status
 
 
+class KindNotServedError(KubeError):
+    """An apply of an optional child kind (InferencePool) answered 404: its CRD may be gone without
+    the operator having seen it go (`reconcile.discovery` then reads it again)."""
+
+    reason = "KindNotServed"
+
+
 class NamespaceTerminatingError(KubeError):
     """The namespace is being deleted: the API refuses new objects in it (403 with the status
     cause `NamespaceTerminating`), so re-creating a child there is pointless until it is gone."""

@@ -296,18 +296,19 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         self._send(what, "DELETE", path, body=body, missing_ok=True)
 
-    def serves(self, api_version: str, plural: str) -> bool:
-        """Whether the API server serves `plural` in `api_version` (one discovery GET; discovery
-        needs no RBAC). Used for optional children such as InferencePools."""
-        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        try:
-            with _mapped(f"discover {api_version}"):
-                found = json.loads(raw_get(self.api_client(), path, [], (5.0, 10.0)).data)
-        except KubeError as err:
-            if err.status == 404:
-                return False
-            raise
-        return any(r.get("name") == plural for r in found.get("resources") or ())
+    def read_crd(self, name: str) -> Obj | None:
+        """The CustomResourceDefinition `name` (None: there is none), read from the API server now.
+
+        A LIST by name, not a GET: kopf's RBAC already grants list on CRDs (`slm_operator.rbac`),
+        and the answer is as fresh as a GET's. Used for optional children such as InferencePools."""
+        found = self._send(
+            f"read CRD {name}",
+            "GET",
+            collection_path("apiextensions.k8s.io/v1", "customresourcedefinitions", None),
+            query=[("fieldSelector", f"metadata.name={name}")],
+        )
+        items = (found or {}).get("items") or []
+        return next((item for item in items if (item.get("metadata") or {}).get("name") == name), None)
 
     def get_slmdeployment(self, namespace: str, name: str) -> Obj | None:
         what = f"get SLMDeployment {namespace}/{name}"

@@ -10,6 +10,7 @@ accept them.
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,17 @@ import pytest
 import yaml
 from cel_support import validate as cel_validate
 from op_support import ROOT, bed_nodes, gguf, spec
+from test_op_fleet import CountingCluster
+from test_op_reconcile import FakeCluster, _ctx
+from test_op_reconcile import _body as _owner_body
 
+from slm_operator.errors import KubeError
 from slm_operator.placement import place
 from slm_operator.rbac import rules
-from slm_operator.reconcile.discovery import ServedKinds, crd_name, crd_serves, discover
+from slm_operator.reconcile.context import OperatorContext
+from slm_operator.reconcile.discovery import ServedKinds, crd_name, crd_serves
 from slm_operator.reconcile.plan import CHILDREN, OPTIONAL_KINDS, Observed, plan, served_children
+from slm_operator.reconcile.resync import refresh_served, resync_once
 from slm_operator.render import RenderContext, render_all
 from slm_operator.render.inference_pool import INFERENCE_POOL_CRD, build_inference_pool
 
@@ -184,27 +191,137 @@ def test_crd_serves_needs_names_served_version_and_established() -> None:
     assert not crd_serves(other, POOL)
 
 
-def test_served_kinds_follow_the_crds_events() -> None:
+def test_a_refresh_takes_what_the_crd_says_when_read() -> None:
     crd = _established(_gie_crd())
+    live: dict[str, dict[str, Any]] = {}
+    reads: list[str] = []
+
+    def read(name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        return copy.deepcopy(live.get(name))
+
     served = ServedKinds()
-    assert served.observe(None, crd) and served.kinds() == {"InferencePool"}
-    assert not served.observe("MODIFIED", crd)  # no change: no re-plan
-    assert not served.observe("ADDED", {"metadata": {"name": "other.example.com"}})
+    assert served.refresh(read) == (frozenset(), frozenset())
+    live[crd_name(POOL)] = crd
+    assert served.refresh(read) == (frozenset(), OPTIONAL_KINDS) and served.kinds() == {"InferencePool"}
+    assert served.refresh(read) == (OPTIONAL_KINDS, OPTIONAL_KINDS)  # no change: no re-plan
+    del live[crd_name(POOL)]
+    assert served.refresh(read) == (OPTIONAL_KINDS, frozenset())
+    assert reads == [crd_name(POOL)] * 4  # one read by name per optional kind
+
+
+def test_crossed_crd_events_end_as_the_cluster_is() -> None:
+    """kopf handles the events of a deleted CRD and of its re-created namesake in two workers (one
+    per uid): the old one's handler can read before the CRD is back and finish after the new one's.
+    Whichever order they run in, the kinds end as the cluster is."""
+    crd = _established(_gie_crd())
+    live: dict[str, Any] = {"crd": None}
+    first_read, second_waits = threading.Event(), threading.Event()
+
+    def slow_read(name: str) -> dict[str, Any] | None:  # the deleted CRD's handler
+        found = copy.deepcopy(live["crd"])
+        first_read.set()
+        second_waits.wait(5)  # the CRD is re-created and its handler runs meanwhile
+        return found
+
+    served = ServedKinds(frozenset({"InferencePool"}))
+    old = threading.Thread(target=served.refresh, args=(slow_read,))
+    old.start()
+    assert first_read.wait(5)
+    live["crd"] = crd
+    new = threading.Thread(target=served.refresh, args=(lambda _: copy.deepcopy(live["crd"]),))
+    new.start()
+    new.join(0.2)  # had refreshes not run one at a time, the new one would finish now, first
+    second_waits.set()
+    old.join(5)
+    new.join(5)
     assert served.kinds() == {"InferencePool"}
-    assert served.observe("DELETED", crd) and served.kinds() == frozenset()
-    assert served.replace(frozenset({"InferencePool"})) and not served.replace(frozenset({"InferencePool"}))
 
 
-def test_discover_asks_once_per_optional_kind() -> None:
-    asked: list[tuple[str, str]] = []
+def test_a_failed_read_changes_nothing_and_leaves_the_kinds_stale() -> None:
+    served = ServedKinds(frozenset({"InferencePool"}))
 
-    def serves(api_version: str, plural: str) -> bool:
-        asked.append((api_version, plural))
-        return True
+    def down(name: str) -> dict[str, Any] | None:
+        raise KubeError("read CRD: connection refused")
 
-    assert discover(serves) == OPTIONAL_KINDS == {"InferencePool"}
-    assert asked == [("inference.networking.k8s.io/v1", "inferencepools")]
-    assert discover(lambda *_: False) == frozenset()
+    with pytest.raises(KubeError):
+        served.refresh(down)
+    assert served.stale and served.kinds() == {"InferencePool"}
+    served.refresh(lambda _: None)
+    assert not served.stale and served.kinds() == frozenset()
+
+
+class CrdCluster(CountingCluster):
+    """The fake API with the InferencePool CRD installed or not: an apply of a pool without it
+    answers 404, as the API server does for a kind it does not serve."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crds: dict[str, dict[str, Any]] = {crd_name(POOL): _established(_gie_crd())}
+
+    def read_crd(self, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.crds.get(name))
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == POOL.kind and crd_name(POOL) not in self.crds:
+            raise KubeError(f"apply InferencePool {obj['metadata']['name']}: 404 Not Found", 404)
+        return super().apply(obj)
+
+    def remove_crd(self) -> None:
+        """Delete the CRD, and with it every pool (what the API server's CRD finalizer does)."""
+        del self.crds[crd_name(POOL)]
+        self.objects = {k: o for k, o in self.objects.items() if o["kind"] != POOL.kind}
+
+
+def _pools(cluster: FakeCluster) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in cluster.objects.values() if o["kind"] == POOL.kind)
+
+
+def _owners(ctx: OperatorContext, names: list[str]) -> None:
+    ctx.cache.owners.replace([_fleet_body(name) for name in names])
+
+
+def _fleet_body(name: str) -> dict[str, Any]:
+    body = _owner_body(name=name)
+    body["metadata"]["uid"] = f"uid-{name}"
+    body["status"] = {"observedGeneration": 0}
+    return body
+
+
+def test_a_pool_apply_that_meets_404_rereads_the_crd_and_the_retry_goes_on_without_it() -> None:
+    """The CRD went while the operator did not see it go (a watch that restarted reports no
+    deletion): the next pool apply's 404 makes it read the CRD, and every owner goes on without."""
+    cluster = CrdCluster()
+    ctx = _ctx(cluster)
+    refresh_served(ctx)  # what the startup does
+    assert ctx.served.kinds() == {"InferencePool"}
+    _owners(ctx, ["a", "b"])
+    done: dict[tuple[str, str], Any] = {}
+    failed: set[tuple[str, str]] = set()
+    assert resync_once(ctx, done, failed, full=True) == 2 and _pools(cluster) == ["a", "b"]
+
+    cluster.remove_crd()  # no event reaches the operator
+    _owners(ctx, ["a", "b", "c"])  # a new SLMDeployment: its first reconcile applies a pool
+    resync_once(ctx, done, failed, full=True)
+    assert failed == {("ns", "c")} and ctx.served.stale
+    assert ctx.served.kinds() == {"InferencePool"}  # not yet re-read: the reconcile does not
+
+    refresh_served(ctx)  # the resync loop's next turn
+    assert not ctx.served.stale and ctx.served.kinds() == frozenset()
+    assert resync_once(ctx, done, failed, full=False) == 1 and not failed  # the retry passes
+    assert _pools(cluster) == []
+
+
+def test_a_crd_installed_later_gives_every_owner_its_pool() -> None:
+    cluster = CrdCluster()
+    crd = cluster.crds.pop(crd_name(POOL))
+    ctx = _ctx(cluster)
+    refresh_served(ctx)
+    _owners(ctx, ["a", "b"])
+    assert resync_once(ctx, {}, set(), full=True) == 2 and _pools(cluster) == []
+    cluster.crds[crd_name(POOL)] = crd
+    refresh_served(ctx)  # what the CRD's watch event does
+    assert ctx.served.kinds() == {"InferencePool"} and _pools(cluster) == ["a", "b"]
 
 
 def test_rbac_grants_the_pool_to_the_operator() -> None:

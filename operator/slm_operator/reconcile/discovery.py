@@ -2,11 +2,17 @@
 
 An optional kind is a CRD of someone else's (the InferencePool of the Gateway API Inference
 Extension): installed on some clusters, not on others, and installed or removed while the operator
-runs. Rendering one where it is not served fails every apply with 404, so the operator learns:
-- at startup, by one discovery GET per optional kind (`discover`), before the first reconcile;
-- afterwards, from the events of that kind's CRD (`ServedKinds.observe`), which kopf already
-  watches for its own scanning; a change re-plans every SLMDeployment once.
-No polling: a steady cluster costs nothing.
+runs. Rendering one where it is not served fails every apply with 404, so the operator learns it
+by reading the kind's CRD (`ServedKinds.refresh`, one LIST by name per optional kind):
+- at startup, before the first reconcile;
+- on every watch event of that CRD (kopf already watches CRDs for its own scanning);
+- when an apply of the kind answers 404 (`KindNotServedError`), or an earlier read failed
+  (`mark_stale`; the resync loop refreshes within its retry period).
+
+Level-triggered, not taken from the events' bodies: kopf handles each object (each uid) in its own
+worker, so the events of a deleted CRD and of the one re-created under the same name reach the
+handlers in any order, and a watch that restarts never reports what was deleted meanwhile. An
+event only says "read again". No polling: a steady cluster costs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 from slm_operator.reconcile.plan import CHILDREN, ChildKind
 
 OPTIONAL_CHILDREN: tuple[ChildKind, ...] = tuple(c for c in CHILDREN if c.optional)
+ReadCrd = Callable[[str], Mapping[str, Any] | None]
+"""A CRD by name, read now (None: there is none)."""
 
 
 def crd_name(child: ChildKind) -> str:
@@ -44,40 +52,49 @@ def crd_serves(crd: Mapping[str, Any] | None, child: ChildKind) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
-def discover(serves: Callable[[str, str], bool]) -> frozenset[str]:
-    """The optional kinds that `serves(api_version, plural)` (a discovery GET) says are served."""
-    return frozenset(c.kind for c in OPTIONAL_CHILDREN if serves(c.api_version, c.plural))
+def served_now(read_crd: ReadCrd) -> frozenset[str]:
+    """The optional kinds whose CRD, read now, serves them."""
+    return frozenset(c.kind for c in OPTIONAL_CHILDREN if crd_serves(read_crd(crd_name(c)), c))
 
 
 class ServedKinds:
-    """The optional kinds served right now, shared by the handlers (kopf's threads) and the plans."""
+    """The optional kinds served right now, shared by the handlers (kopf's threads), the resync
+    loop and the plans."""
 
     def __init__(self, kinds: frozenset[str] = frozenset()) -> None:
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._kinds = kinds
+        self._stale = False
 
     def kinds(self) -> frozenset[str]:
         with self._lock:
             return self._kinds
 
-    def replace(self, kinds: frozenset[str]) -> bool:
-        """Set the served kinds; whether that changed them."""
+    @property
+    def stale(self) -> bool:
+        """Whether a refresh is owed (an apply met 404, or a read failed)."""
         with self._lock:
-            changed = kinds != self._kinds
-            self._kinds = kinds
-            return changed
+            return self._stale
 
-    def observe(self, event_type: str | None, crd: Mapping[str, Any]) -> bool:
-        """Take in one CRD watch event; whether it changed what is served (then re-plan).
-
-        CRDs of other kinds change nothing."""
-        name = (crd.get("metadata") or {}).get("name")
-        child = next((c for c in OPTIONAL_CHILDREN if crd_name(c) == name), None)
-        if child is None:
-            return False
-        served = event_type != "DELETED" and crd_serves(crd, child)
+    def mark_stale(self) -> None:
         with self._lock:
-            kinds = self._kinds | {child.kind} if served else self._kinds - {child.kind}
-            changed = kinds != self._kinds
-            self._kinds = kinds
-            return changed
+            self._stale = True
+
+    def refresh(self, read_crd: ReadCrd) -> tuple[frozenset[str], frozenset[str]]:
+        """Read the optional kinds' CRDs and take what they say; returns (before, now).
+
+        Refreshes run one at a time, so the last one to set is the last one to read: it read after
+        every change whose event asked for it, whatever order the events were handled in. A read
+        that fails (`KubeError`) changes nothing and leaves the kinds stale."""
+        with self._refreshing:
+            with self._lock:
+                self._stale = False
+            try:
+                now = served_now(read_crd)
+            except Exception:
+                self.mark_stale()
+                raise
+            with self._lock:
+                before, self._kinds = self._kinds, now
+        return before, now

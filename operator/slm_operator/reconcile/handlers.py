@@ -6,8 +6,8 @@ Triggers, all running the same level-based plan:
 - events of owned children (label `app.kubernetes.io/managed-by=slm-operator`, the kinds of
   `plan.CHILDREN`), from the operator's own informers (`children`, started here): a deleted or
   edited child is re-applied (`drift`), Deployment events refresh the status (`refresh`);
-- events of the CRDs of optional child kinds (InferencePool): what the API server serves changed,
-  so every SLMDeployment is re-planned once (`discovery`);
+- events of the CRDs of optional child kinds (InferencePool): the CRD is read again, and if what
+  the API server serves changed, every SLMDeployment is re-planned once (`discovery`);
 - the informers' stores (nodes, pods, SLMDeployments, the peering object), started here at startup:
   pod changes report failed model fetches (`refresh.pod_changed`), and the periodic resync
   (`resync`) re-plans from the caches.
@@ -28,11 +28,11 @@ import kopf
 from slm_operator.api import GROUP, PLURAL, VERSION
 from slm_operator.errors import KubeError
 from slm_operator.reconcile.context import OperatorContext
-from slm_operator.reconcile.discovery import OPTIONAL_CHILDREN, crd_name, discover
+from slm_operator.reconcile.discovery import OPTIONAL_CHILDREN, crd_name
 from slm_operator.reconcile.drift import correct_drift
 from slm_operator.reconcile.plan import PLURALS
 from slm_operator.reconcile.refresh import pod_changed, refresh_status
-from slm_operator.reconcile.resync import resync_forever, resync_once
+from slm_operator.reconcile.resync import refresh_served, resync_forever
 from slm_operator.reconcile.runs import kopf_error, post, run_reconcile
 
 log = logging.getLogger("slm_operator")
@@ -86,16 +86,10 @@ def on_owner_gone(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None
         ctx.record_children((namespace, name), {})
 
 
-def on_crd_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
-    """The CRD of an optional child kind was created, changed or deleted."""
-    ctx = context_of(memo)
-    before = ctx.served.kinds()
-    if not ctx.served.observe(type, plain(body)):
-        return
-    now = ctx.served.kinds()
-    log.info("optional child kinds served: %s (were %s)", sorted(now) or "none", sorted(before) or "none")
-    ctx.applied.forget_kind(before - now)
-    resync_once(ctx, {}, set(), full=True)
+def on_crd_event(memo: Any, **_: Any) -> None:
+    """The CRD of an optional child kind (kopf's filter: by name) was created, changed or deleted:
+    read it again; the event's own body may be older than another's (`discovery`)."""
+    refresh_served(context_of(memo))
 
 
 async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
@@ -112,9 +106,9 @@ async def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     except OSError as err:  # a busy port must not keep the operator from reconciling
         log.error("metrics server on port %s: %s", ctx.settings.metrics_port, err)
     try:
-        ctx.served.replace(await asyncio.to_thread(discover, ctx.cluster.serves))
-    except KubeError as err:  # unknown: assume not served; the CRD's watch event corrects it
-        log.warning("discovery of optional child kinds: %s", err)
+        await asyncio.to_thread(ctx.served.refresh, ctx.cluster.read_crd)
+    except KubeError as err:  # unknown: not served until the resync loop reads it again
+        log.warning("reading the CRDs of optional child kinds: %s", err)
     ctx.cache.pods.listen(lambda kind, pod: pod_changed(ctx, kind, pod))
     ctx.cache.owners.listen(lambda kind, body: on_owner_gone(ctx, kind, body))
     for informer in ctx.background:

@@ -19,6 +19,7 @@ from slm_operator.api import SLMDeploymentSpec
 from slm_operator.autoscale.handover import keep_replicas, replicas_hand_overs
 from slm_operator.errors import (
     ApplyError,
+    KindNotServedError,
     KubeError,
     NameConflictError,
     NamespaceTerminatingError,
@@ -29,6 +30,7 @@ from slm_operator.placement import Placement
 from slm_operator.policy import Policy
 from slm_operator.policy import check as check_policy
 from slm_operator.reconcile.plan import (
+    OPTIONAL_KINDS,
     Event,
     Key,
     Obj,
@@ -127,6 +129,8 @@ def _apply(cluster: Cluster, step: Step) -> Obj:
     except KubeError as err:
         if err.status in REJECTED:
             raise ApplyError(str(err), status=err.status) from err
+        if err.status == 404 and step.obj.get("kind") in OPTIONAL_KINDS:
+            raise KindNotServedError(str(err), status=404) from err
         raise
 
 

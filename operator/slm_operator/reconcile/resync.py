@@ -86,9 +86,27 @@ def resync_once(
     return count
 
 
+def refresh_served(ctx: OperatorContext) -> None:
+    """Read the CRDs of the optional child kinds again (`discovery`); where what is served changed,
+    forget the applied children of the kinds that went and re-plan every SLMDeployment once (each
+    gets its InferencePool, or goes on without one). A failed read is logged and left stale: the
+    loop below reads again within `RETRY_SECONDS`."""
+    try:
+        before, now = ctx.served.refresh(ctx.cluster.read_crd)
+    except KubeError as err:
+        log.warning("reading the CRDs of optional child kinds failed (read again soon): %s", err)
+        return
+    if before == now:
+        return
+    log.info("optional child kinds served: %s (were %s)", sorted(now) or "none", sorted(before) or "none")
+    ctx.applied.forget_kind(before - now)
+    resync_once(ctx, {}, set(), full=True)
+
+
 async def resync_forever(ctx: OperatorContext) -> None:
-    """Every `--resync-seconds`: a pass; every `RETRY_SECONDS`: the failed owners; a full pass
-    when this replica becomes active after having been a standby."""
+    """Every `--resync-seconds`: a pass; every `RETRY_SECONDS`: the failed owners, and the optional
+    kinds' CRDs if a refresh is owed; a full pass when this replica becomes active after having
+    been a standby."""
     interval = ctx.settings.resync_seconds
     done: dict[OwnerKey, Fingerprint] = {}
     failed: set[OwnerKey] = set()
@@ -110,6 +128,8 @@ async def resync_forever(ctx: OperatorContext) -> None:
         if not was_active:
             log.info("this replica is now active: re-planning every SLMDeployment")
         was_active = True
+        if ctx.served.stale:
+            await asyncio.to_thread(refresh_served, ctx)
         if full:
             last_full = time.monotonic()
         elif not failed and not ctx.api_failures:

@@ -9,7 +9,8 @@ SLMDeployment does not control -> Degraded `NameConflict` + Event + `TemporaryEr
 the API server rejects (400/403/413/422) -> Degraded `ApplyFailed` with the server's message + Event
 + `TemporaryError` in 2 s, then every 60 s while the same rejection repeats; other API failures ->
 `TemporaryError`, soon (1 s, doubling to 10 s with kopf's retry count) so that an API server outage
-ends in seconds.
+ends in seconds; when that failure is a 404 on an optional kind's apply (`KindNotServedError`), the
+kind's CRD is also read again (`discovery`), so the retry leaves the kind out if it is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import kopf
 from slm_operator import redact
 from slm_operator.errors import (
     ApplyError,
+    KindNotServedError,
     KubeError,
     NameConflictError,
     NamespaceTerminatingError,
@@ -125,6 +127,8 @@ def run_reconcile(
                 ctx.api_failures.add((owner.namespace, owner.name))
             else:
                 ctx.api_failures.discard((owner.namespace, owner.name))
+            if isinstance(err, KindNotServedError):
+                ctx.served.mark_stale()  # the resync loop reads the CRD again, then retries this owner
             if isinstance(err, NamespaceTerminatingError):
                 ctx.mark_terminating(owner.namespace)
                 log.info("%s/%s: its namespace is being deleted: %s", owner.namespace, owner.name, err)

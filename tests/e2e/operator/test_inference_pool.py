@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 
 from slm_operator.kube import Kube
+from slm_operator.reconcile.discovery import OPTIONAL_CHILDREN, crd_serves
 
 from ..helpers import BIN_DIR, kubectl, wait_deleted, wait_for
 from . import support
@@ -40,6 +41,7 @@ def gie_crd(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[Path]:
     tests of this package run on a cluster without it, as before)."""
     if not CRD_FILE.exists():
         pytest.fail(f"{CRD_FILE} is missing: run `make bins`", pytrace=False)
+    _wait_crd_gone(kube_api)  # an apply onto a CRD still being deleted would go with it
     kubectl(kubeconfig, "apply", "--server-side", f"--filename={CRD_FILE}", timeout=60)
 
     def established() -> bool:
@@ -52,6 +54,12 @@ def gie_crd(kubeconfig: str, kube_api: client.ApiClient) -> Iterator[Path]:
     finally:
         with contextlib.suppress(client.ApiException):
             _crd_api(kube_api).delete_custom_resource_definition(CRD_NAME)
+        _wait_crd_gone(kube_api)
+
+
+def _wait_crd_gone(api: client.ApiClient) -> None:
+    """Until no CRD of that name exists: a deleted CRD lingers while its objects are removed."""
+    wait_deleted(lambda: _crd_api(api).read_custom_resource_definition(CRD_NAME), 60, f"CRD {CRD_NAME} gone")
 
 
 def _pools(api: client.ApiClient, namespace: str) -> client.CustomObjectsApi:
@@ -80,9 +88,12 @@ def _selected_pods(api: client.ApiClient, namespace: str, pool: dict[str, Any]) 
 def test_pools_follow_the_crd_and_the_pods(
     kube_api: client.ApiClient, slm_namespace: str, operator: OperatorProcess, gie_crd: Path
 ) -> None:
-    # the discovery GET the operator makes at startup, against the real API server
-    assert Kube(kube_api).serves(f"{GROUP}/{VERSION}", PLURAL)
-    assert not Kube(kube_api).serves(f"{GROUP}/{VERSION}", "nosuchthings")
+    # the CRD read the operator makes at startup and on every event of the CRD, on the real API
+    # server: a LIST by name (kopf's RBAC grants list on CRDs, not get)
+    found = Kube(kube_api).read_crd(CRD_NAME)
+    assert found is not None and found["metadata"]["name"] == CRD_NAME
+    assert crd_serves(found, next(c for c in OPTIONAL_CHILDREN if c.kind == "InferencePool"))
+    assert Kube(kube_api).read_crd(f"nosuchthings.{GROUP}") is None
 
     name = "pool"
     support.create(kube_api, slm_namespace, support.tiny(name))
@@ -147,3 +158,19 @@ def test_without_the_crd_reconciles_go_on(
     noticed, _, after = tail(operator, 400).rpartition("optional child kinds served: none")
     assert noticed, "the operator did not log that InferencePools are no longer served"
     assert "apply InferencePool" not in after
+
+
+def test_a_crd_recreated_at_once_brings_the_pools_back(
+    kube_api: client.ApiClient, kubeconfig: str, slm_namespace: str, gie_crd: Path
+) -> None:
+    """Deleted and re-created under the same name, several times in a row: the events of the old
+    and the new CRD reach the operator in two of kopf's workers, in any order; the operator reads
+    the CRD again on each, so it ends serving the kind and the pool comes back with it."""
+    name = "again"
+    support.create(kube_api, slm_namespace, support.tiny(name))
+    wait_for(lambda: _get_pool(kube_api, slm_namespace, name), 60, "the InferencePool")
+    for _ in range(3):
+        _crd_api(kube_api).delete_custom_resource_definition(CRD_NAME)
+        _wait_crd_gone(kube_api)
+        kubectl(kubeconfig, "apply", "--server-side", f"--filename={gie_crd}", timeout=60)
+    wait_for(lambda: _get_pool(kube_api, slm_namespace, name), 60, "the InferencePool back")
