@@ -20,12 +20,13 @@ wake a delayed retry (the inherited `touch`), so successful reconciles write not
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Iterable
 from typing import Any, cast
 
 import kopf
+
+from slm_operator.reconcile.plan import pack, unpack
 
 PREFIX = "slm.dev"
 
@@ -35,12 +36,13 @@ def _uid(body: kopf.Body) -> str:
 
 
 class MemoryDiffBase(kopf.DiffBaseStorage):
-    """The essence kopf handled last, by object uid."""
+    """The essence kopf handled last, by object uid: packed (`plan.pack`), as every per-object
+    record held for the whole fleet is; kopf reads it once per event."""
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._essences: dict[str, kopf.BodyEssence] = {}
+        self._essences: dict[str, bytes] = {}
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
@@ -57,12 +59,14 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         with self._lock:
-            return self._essences.get(_uid(body))
+            packed = self._essences.get(_uid(body))
+        return None if packed is None else cast(kopf.BodyEssence, unpack(packed))
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         """Remember `essence`; `patch` is left untouched, so kopf writes nothing."""
+        packed = pack(essence)
         with self._lock:
-            self._essences[_uid(body)] = copy.deepcopy(essence)
+            self._essences[_uid(body)] = packed
 
     def forget(self, uid: str) -> None:
         with self._lock:
