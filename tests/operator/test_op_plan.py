@@ -5,14 +5,17 @@ KubeAI tests its pod plan: the plan must not depend on the order the caches retu
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from op_support import bed_nodes, cpu_scaled, gguf, pod_on
+from op_support import bed_nodes, cpu_scaled, gguf, pod_on, spec
 
+from slm_operator.placement import place
 from slm_operator.reconcile import plan as plan_module
 from slm_operator.reconcile.plan import (
     CHILDREN,
@@ -20,10 +23,13 @@ from slm_operator.reconcile.plan import (
     Plan,
     RenderMemo,
     apply_waves,
+    fingerprint,
     key_of,
     observed_form,
+    pack,
     plan,
     reservations,
+    unpack,
 )
 from slm_operator.render import RenderContext, render_all
 
@@ -277,6 +283,32 @@ def test_the_render_memo_renders_again_only_when_an_input_changes(monkeypatch: p
     }
     assert images == {"img:2"}
     assert _summary(plan(body, observed, image="img:1", timestamp="t0")) == _summary(first)
+
+
+def _context(**spec_overrides: Any) -> RenderContext:
+    """A context built from scratch, as every plan builds one."""
+    the_spec = spec(model={"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}, **spec_overrides)
+    return RenderContext(
+        name="demo", namespace="ns", spec=the_spec, placement=place(the_spec, bed_nodes(), [])
+    )
+
+
+def test_equal_contexts_built_anew_share_one_fingerprint_and_any_change_parts_them() -> None:
+    first = _context()
+    assert fingerprint(_context()) == fingerprint(first)
+    _ = first.config_yaml  # a cached property read: the object's state grows, its inputs do not
+    assert fingerprint(first) == fingerprint(_context())
+    assert fingerprint(_context(replicas=2)) != fingerprint(first)
+    assert fingerprint(_context(runtime={"contextLength": 8192})) != fingerprint(first)
+    assert fingerprint(dataclasses.replace(first, default_image="img:2")) != fingerprint(first)
+
+
+def test_packed_objects_come_back_equal_and_equal_objects_pack_equal() -> None:
+    objs = render_all(_context())
+    assert unpack(pack(objs)) == objs
+    reordered = [dict(reversed(list(o.items()))) for o in objs]
+    assert pack(reordered) == pack(objs)
+    assert len(pack(objs)) * 3 < len(json.dumps(objs))  # compressed, not only compact
 
 
 def test_apply_waves_put_the_deployment_after_what_its_pods_need_and_the_hpa_last() -> None:
