@@ -436,13 +436,15 @@ def test_tick_parses_a_spec_once_per_generation(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(SLMDeploymentSpec, "model_validate", counting)
     assert len(scaler.tick()) == 1 and len(scaler.tick()) == 1
     assert len(parsed) == 1  # the second tick used the parsed spec of generation 1
+    (kept,) = [scaling for _, scaling in scaler._scaling.values()]
+    assert isinstance(kept, AutoscalingSpec)  # only the autoscaling part is held, not the spec
     # a new generation is parsed again: autoscaling switched off, the owner is no longer scaled
     owner["spec"] = {"model": MODEL}
     owner["metadata"]["generation"] = 2
     assert scaler.tick() == [] and len(parsed) == 2
     caches._owners.clear()
     scaler.tick()
-    assert scaler._specs == {}  # a deleted owner's parsed spec is forgotten
+    assert scaler._scaling == {}  # a deleted owner's parsed spec is forgotten
 
 
 def test_tick_writes_status_before_scaling_to_zero_and_wakes_on_a_held_request() -> None:

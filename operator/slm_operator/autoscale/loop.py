@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from slm_operator.api import SLMDeploymentSpec
+from slm_operator.api import AutoscalingSpec, SLMDeploymentSpec
 from slm_operator.autoscale.decide import (
     SCALED_DOWN,
     SCALED_TO_ZERO,
@@ -167,9 +167,10 @@ class Autoscaler:
     clock: Callable[[], float] = time.monotonic
     _history: dict[OwnerKey, History] = field(default_factory=dict)
     _pending: dict[OwnerKey, tuple[int, float]] = field(default_factory=dict)
-    _specs: dict[OwnerKey, tuple[tuple[str, int], SLMDeploymentSpec | None]] = field(default_factory=dict)
-    """The parsed spec of each owner by (uid, generation): a tick every few seconds re-validated
-    every spec of the fleet, most of an idle operator's CPU (py-spy, 500 SLMDeployments)."""
+    _scaling: dict[OwnerKey, tuple[tuple[str, int], AutoscalingSpec | None]] = field(default_factory=dict)
+    """Each owner's operator-scaled autoscaling spec by (uid, generation): a tick every few seconds
+    re-validated every spec of the fleet, most of an idle operator's CPU (py-spy, 500
+    SLMDeployments). Only that part is kept: whole parsed specs were 9 KB per owner."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -198,35 +199,37 @@ class Autoscaler:
             return seen
         return wanted
 
-    def _spec(self, key: OwnerKey, body: Mapping[str, Any]) -> SLMDeploymentSpec | None:
-        """The owner's spec, parsed once per generation (None: invalid, which its reconcile reports)."""
+    def _scaled_by_us(self, key: OwnerKey, body: Mapping[str, Any]) -> AutoscalingSpec | None:
+        """The owner's autoscaling spec if this operator scales it (`operator_scaled`), parsed once
+        per generation; None otherwise, and for an invalid spec (its reconcile reports it)."""
         meta = body.get("metadata") or {}
         version = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
-        known = self._specs.get(key)
+        known = self._scaling.get(key)
         if known is not None and known[0] == version and all(version):  # the API server sets both
             return known[1]
         try:
-            spec: SLMDeploymentSpec | None = SLMDeploymentSpec.model_validate(body.get("spec") or {})
+            scaling = SLMDeploymentSpec.model_validate(body.get("spec") or {}).autoscaling
         except ValueError:
-            spec = None
-        self._specs[key] = (version, spec)
-        return spec
+            scaling = None
+        kept = scaling if scaling is not None and scaling.operator_scaled else None
+        self._scaling[key] = (version, kept)
+        return kept
 
     def tick(self) -> list[tuple[OwnerKey, Decision]]:
         """One pass over the operator-scaled SLMDeployments; returns the decisions it made."""
         if not self.sources.active():
             return []
-        scaled: list[tuple[Obj, OwnerKey, SLMDeploymentSpec]] = []
+        scaled: list[tuple[Obj, OwnerKey, AutoscalingSpec]] = []
         present: set[OwnerKey] = set()
         for body in self.sources.owners():
             meta = body.get("metadata") or {}
             key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
             present.add(key)
-            spec = self._spec(key, body)
-            if spec is not None and spec.autoscaling is not None and spec.autoscaling.operator_scaled:
-                scaled.append((body, key, spec))
-        for gone in set(self._specs) - present:
-            self._specs.pop(gone, None)
+            scaling = self._scaled_by_us(key, body)
+            if scaling is not None:
+                scaled.append((body, key, scaling))
+        for gone in set(self._scaling) - present:
+            self._scaling.pop(gone, None)
         wanted = {key for _, key, _ in scaled}
         for gone in set(self._history) - wanted:
             self._history.pop(gone, None)
@@ -235,13 +238,13 @@ class Autoscaler:
         demand = self.demand()
         now = self.clock()
         decisions: list[tuple[OwnerKey, Decision]] = []
-        for body, key, spec in scaled:
+        for body, key, scaling in scaled:
             deployment = self.sources.deployment(*key)
-            if deployment is None or spec.autoscaling is None:
+            if deployment is None:
                 continue  # not created yet: the reconcile creates it, the next tick scales it
             current = self._current(key, deployment, now)
             found = None if demand is None else demand.get(f"{key[0]}/{key[1]}")
-            decision = decide(spec.autoscaling, current, found, self._history.get(key, ()), now)
+            decision = decide(scaling, current, found, self._history.get(key, ()), now)
             self._history[key] = decision.history
             try:
                 self._execute(body, key, decision)
