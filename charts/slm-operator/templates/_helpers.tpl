@@ -168,7 +168,8 @@ they go into the ClusterRole; otherwise into one Role per watched namespace.
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch"]
-# kopf: discovering the served resources and the namespaces.
+# kopf: discovering the served resources and the namespaces; the operator: reading the CRD of an
+# optional child kind (InferencePool) by name, to know whether it is served.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
