@@ -15,7 +15,7 @@ the per-namespace Roles add `get secrets`, and the operator checks it before app
 | the informers (placement, fetch failures) | "": nodes | get list watch ; "": pods | list watch |
 | auth Secret check, namespaced mode only (`namespaced_rules`) | "": secrets | get |
 | Events | "", events.k8s.io: events | create patch |
-| kopf itself; reading an optional kind's CRD (a LIST by name, `reconcile.discovery`) | apiextensions.k8s.io: customresourcedefinitions; "": namespaces | list watch |
+| kopf, optional CRD reads | apiextensions.k8s.io: customresourcedefinitions; "": namespaces | list watch |
 | kopf peering (`--peering`) | kopf.dev: clusterkopfpeerings, kopfpeerings | get list watch patch |
 """
 

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 from op_support import bed_nodes, cpu_scaled, gguf, pod_on, spec
+from test_op_api import VALID
 
+from slm_operator.api import SLMDeploymentSpec
+from slm_operator.errors import PlacementError
 from slm_operator.placement import place
 from slm_operator.reconcile import plan as plan_module
 from slm_operator.reconcile.plan import (
@@ -301,6 +304,23 @@ def test_equal_contexts_built_anew_share_one_fingerprint_and_any_change_parts_th
     assert fingerprint(_context(replicas=2)) != fingerprint(first)
     assert fingerprint(_context(runtime={"contextLength": 8192})) != fingerprint(first)
     assert fingerprint(dataclasses.replace(first, default_image="img:2")) != fingerprint(first)
+
+
+@pytest.mark.parametrize("case", sorted(VALID))
+def test_every_valid_spec_has_one_fingerprint_however_often_its_context_is_built(case: str) -> None:
+    """The memo hits only if a context built anew, as every plan builds one, digests the same."""
+
+    def built() -> RenderContext:
+        the_spec = SLMDeploymentSpec.model_validate(copy.deepcopy(VALID[case]))
+        return RenderContext(
+            name="m", namespace="ns", spec=the_spec, placement=place(the_spec, bed_nodes(), [])
+        )
+
+    try:
+        first = built()
+    except PlacementError:
+        pytest.skip("does not fit on the test bed's nodes")
+    assert {fingerprint(built()) for _ in range(3)} == {fingerprint(first)}
 
 
 def test_packed_objects_come_back_equal_and_equal_objects_pack_equal() -> None:

@@ -16,6 +16,7 @@ creates do not all pick the one free device.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import threading
@@ -589,12 +590,16 @@ def unpack(packed: bytes) -> Any:
 
 
 def fingerprint(ctx: RenderContext) -> bytes:
-    """A digest of every field of `ctx` (pickled): equal digests mean equal inputs, since pickled
-    bytes determine the value they unpickle to. Two equal contexts built differently may differ
-    (a miss: one render more), never the other way round. The fields, not the object: a cached
-    property (`config_yaml`) is in the object's state once read."""
-    state = tuple(getattr(ctx, f.name) for f in fields(ctx))
-    return hashlib.sha256(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+    """A digest of every field of `ctx`, pickled by value: equal digests mean equal inputs, since
+    the bytes determine the value they unpickle to. Two equal contexts built differently may
+    differ (a miss: one render more), never the other way round. By value (`fast`: no memo of
+    shared objects), or whether two fields share one object (a cached variant, say) would part
+    equal contexts; the fields, not the object, or a cached property read (`config_yaml`) would."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(tuple(getattr(ctx, f.name) for f in fields(ctx)))
+    return hashlib.sha256(buffer.getvalue()).digest()
 
 
 class RenderMemo:
