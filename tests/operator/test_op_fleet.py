@@ -245,15 +245,19 @@ class CountingCluster(FakeCluster):
         return super().read_secret(namespace, name)
 
 
+def reconciled_before(name: str) -> Obj:
+    """An SLMDeployment with a uid of its own and a status: reconciled before, by an older
+    process, so the resync (not kopf's create handler) takes it."""
+    body = _body(name=name)
+    body["metadata"]["uid"] = f"{UID}-{name}"
+    body["status"] = {"observedGeneration": 0}
+    return body
+
+
 def _fleet(n: int) -> tuple[CountingCluster, OperatorContext, list[Obj]]:
     cluster = CountingCluster()
     ctx = _ctx(cluster)
-    bodies = []
-    for i in range(n):
-        body = _body(name=f"m{i}")
-        body["metadata"]["uid"] = f"{UID}-{i}"
-        body["status"] = {"observedGeneration": 0}  # reconciled before, by an older process
-        bodies.append(body)
+    bodies = [reconciled_before(f"m{i}") for i in range(n)]
     ctx.cache.owners.replace(bodies)
     return cluster, ctx, bodies
 

@@ -19,9 +19,8 @@ import pytest
 import yaml
 from cel_support import validate as cel_validate
 from op_support import ROOT, bed_nodes, gguf, spec
-from test_op_fleet import CountingCluster
+from test_op_fleet import CountingCluster, reconciled_before
 from test_op_reconcile import FakeCluster, _ctx
-from test_op_reconcile import _body as _owner_body
 
 from slm_operator.errors import KubeError
 from slm_operator.placement import place
@@ -278,14 +277,7 @@ def _pools(cluster: FakeCluster) -> list[str]:
 
 
 def _owners(ctx: OperatorContext, names: list[str]) -> None:
-    ctx.cache.owners.replace([_fleet_body(name) for name in names])
-
-
-def _fleet_body(name: str) -> dict[str, Any]:
-    body = _owner_body(name=name)
-    body["metadata"]["uid"] = f"uid-{name}"
-    body["status"] = {"observedGeneration": 0}
-    return body
+    ctx.cache.owners.replace([reconciled_before(name) for name in names])
 
 
 def test_a_pool_apply_that_meets_404_rereads_the_crd_and_the_retry_goes_on_without_it() -> None:

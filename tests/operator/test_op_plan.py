@@ -288,11 +288,14 @@ def test_the_render_memo_renders_again_only_when_an_input_changes(monkeypatch: p
     assert _summary(plan(body, observed, image="img:1", timestamp="t0")) == _summary(first)
 
 
+def _context_of(the_spec: SLMDeploymentSpec) -> RenderContext:
+    """A context built from scratch, as every plan builds one (raises `PlacementError`)."""
+    return RenderContext(name="m", namespace="ns", spec=the_spec, placement=place(the_spec, bed_nodes(), []))
+
+
 def _context(**spec_overrides: Any) -> RenderContext:
-    """A context built from scratch, as every plan builds one."""
-    the_spec = spec(model={"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}, **spec_overrides)
-    return RenderContext(
-        name="demo", namespace="ns", spec=the_spec, placement=place(the_spec, bed_nodes(), [])
+    return _context_of(
+        spec(model={"name": "m", "parameters": 0.5, "variants": gguf("Q4_K_M")}, **spec_overrides)
     )
 
 
@@ -309,12 +312,10 @@ def test_equal_contexts_built_anew_share_one_fingerprint_and_any_change_parts_th
 def _built(case: str) -> RenderContext | None:
     """A context for the valid spec `case`, built from scratch as every plan builds one (None: it
     does not fit on the test bed's nodes)."""
-    the_spec = SLMDeploymentSpec.model_validate(copy.deepcopy(VALID[case]))
     try:
-        placement = place(the_spec, bed_nodes(), [])
+        return _context_of(SLMDeploymentSpec.model_validate(copy.deepcopy(VALID[case])))
     except PlacementError:
         return None
-    return RenderContext(name="m", namespace="ns", spec=the_spec, placement=placement)
 
 
 PLACED = sorted(case for case in VALID if _built(case) is not None)

@@ -579,8 +579,8 @@ def reservations(
 def pack(objects: Any) -> bytes:
     """Objects held for the whole fleet, as canonical compact JSON compressed by zlib (level 1):
     a sixteenth of their size as dicts (a model's children: about 2 KB rather than 37 KB), equal
-    bytes for equal objects, and a fresh copy for every reader (`unpack`). Packing costs about
-    30 µs per model's children, unpacking 60 µs: a render costs milliseconds."""
+    bytes for equal objects, and a fresh copy for every reader (`unpack`). For one model's
+    children, packing costs about 100 µs and unpacking 80 µs: a reconcile costs milliseconds."""
     return zlib.compress(json.dumps(objects, sort_keys=True, separators=(",", ":")).encode(), 1)
 
 
